@@ -1,0 +1,218 @@
+"""Read the runs of one or more sweeps back from MLflow, the source of truth, into one row per run."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from leaderboard.stats import PROPORTION_METRICS
+from tracking.names import (
+    ARTIFACT_PREDICTIONS,
+    TAG_ERROR,
+    TAG_GIT_COMMIT,
+    TAG_METHOD,
+    TAG_METRIC,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_SWEEP,
+    TAG_TEST_SHA,
+    TAG_TRIAL_ID,
+)
+
+# MLflow's own run status, used when a run never got a sweepboard status tag (e.g. the process died).
+_MLFLOW_STATUS = {"RUNNING": "running", "SCHEDULED": "running", "FINISHED": "finished",
+                  "FAILED": "failed", "KILLED": "stopped"}
+
+RAW_COLUMNS = (
+    "sweep", "run_id", "run_name", "role", "trial_id", "method", "status", "rank", "alpha", "target_modules",
+    "lora_dropout", "learning_rate", "steps", "batch_size", "model", "precision", "metric", "test_quality",
+    "val_quality", "n_test", "cost_usd", "device_hours", "peak_memory_mb", "adapter_mb", "trainable_params",
+    "tokens_per_second", "git_commit", "test_set_sha256", "error", "start_time", "scores",
+)
+
+
+def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One row per trial or baseline run of the named sweeps, restricted to one locked test set.
+
+    The reference test set is the one the first sweep's parent run is tagged with, or else the most common
+    among runs that have a test quality. Returns the rows and human-readable warnings about what was left out.
+    Raises LookupError when a sweep has no experiment.
+    """
+    if not names:
+        raise ValueError("give at least one sweep name")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    warnings: list[str] = []
+    rows: list[dict[str, Any]] = []
+    parent_shas: list[str] = []
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            known = sorted(e.name for e in client.search_experiments())
+            raise LookupError(
+                f"no MLflow experiment named {name!r} at {client.tracking_uri}; "
+                f"known experiments: {', '.join(known) or '(none)'}; check the sweep name or --tracking-uri"
+            )
+        runs = _all_runs(client, experiment.experiment_id)
+        unknown = 0
+        for run in runs:
+            role = run.data.tags.get(TAG_ROLE)
+            if role == "sweep":
+                sha = run.data.tags.get(TAG_TEST_SHA)
+                if sha:
+                    parent_shas.append(sha)
+            elif role in ("trial", "baseline"):
+                rows.append(_row(name, run))
+            else:
+                unknown += 1
+        if unknown:
+            warnings.append(
+                f"sweep {name!r}: ignored {unknown} run(s) without a {TAG_ROLE} tag of trial or baseline"
+            )
+    df = pd.DataFrame(rows, columns=list(RAW_COLUMNS))
+    df, sha_warnings = _one_test_set(df, parent_shas[0] if parent_shas else None)
+    warnings += sha_warnings
+    warnings += _duplicate_trials(df)
+    _attach_scores(client, df, warnings)
+    return df.reset_index(drop=True), warnings
+
+
+def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _row(sweep: str, run: Run) -> dict[str, Any]:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    status = tags.get(TAG_STATUS) or _MLFLOW_STATUS.get(run.info.status, run.info.status.lower())
+    return {
+        "sweep": tags.get(TAG_SWEEP) or sweep,
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name or run.info.run_id,
+        "role": tags.get(TAG_ROLE),
+        "trial_id": tags.get(TAG_TRIAL_ID),
+        "method": tags.get(TAG_METHOD) or params.get("method") or "unknown",
+        "status": status,
+        "rank": _int(params.get("rank")),
+        "alpha": _int(params.get("alpha")),
+        "target_modules": params.get("target_modules") or None,
+        "lora_dropout": _float(params.get("lora_dropout")),
+        "learning_rate": _float(params.get("learning_rate")),
+        "steps": _int(params.get("steps")),
+        "batch_size": _int(params.get("batch_size")),
+        "model": params.get("model") or None,
+        "precision": params.get("precision") or None,
+        "metric": tags.get(TAG_METRIC) or None,
+        "test_quality": metrics.get("test_quality"),
+        "val_quality": metrics.get("val_quality"),
+        "n_test": _int(metrics.get("n_test")),
+        "cost_usd": metrics.get("cost_usd"),
+        "device_hours": metrics.get("device_hours"),
+        "peak_memory_mb": metrics.get("peak_memory_mb"),
+        "adapter_mb": metrics.get("adapter_mb"),
+        "trainable_params": _int(metrics.get("trainable_params")),
+        "tokens_per_second": metrics.get("tokens_per_second"),
+        "git_commit": tags.get(TAG_GIT_COMMIT) or None,
+        "test_set_sha256": tags.get(TAG_TEST_SHA) or None,
+        "error": tags.get(TAG_ERROR) or None,
+        "start_time": run.info.start_time,
+        "scores": None,
+    }
+
+
+def _int(value: object) -> int | None:
+    number = _float(value)
+    return None if number is None else int(round(number))
+
+
+def _float(value: object) -> float | None:
+    if value is None or value == "" or str(value).lower() in ("none", "null", "nan"):
+        return None
+    try:
+        number = float(str(value))
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
+
+
+def _one_test_set(df: pd.DataFrame, parent_sha: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """Keep only runs measured on the reference locked test set."""
+    if df.empty:
+        return df, []
+    has_quality = df["test_quality"].notna()
+    reference = parent_sha
+    if reference is None:
+        # Most common hash among evaluated runs; Counter keeps first-seen order on ties (first sweep wins).
+        counts = Counter(s for s in df.loc[has_quality, "test_set_sha256"] if s)
+        reference = counts.most_common(1)[0][0] if counts else None
+    if reference is None:
+        return df, []
+    sha = df["test_set_sha256"]
+    other = sha.notna() & (sha != reference)
+    # A run evaluated on an unknown test set cannot be compared either; one never evaluated (failed early)
+    # still cost money, so it stays.
+    unknown = sha.isna() & has_quality
+    warnings = []
+    if other.any():
+        found = ", ".join(sorted({str(s)[:12] for s in sha[other]}))
+        warnings.append(
+            f"left out {int(other.sum())} run(s) evaluated on another locked test set (sha256 {found}...) "
+            f"than the reference {reference[:12]}...: qualities on different test sets are not comparable"
+        )
+    if unknown.any():
+        warnings.append(
+            f"left out {int(unknown.sum())} run(s) with a test quality but no {TAG_TEST_SHA} tag: "
+            "cannot tell which test set they were evaluated on"
+        )
+    return df[~(other | unknown)], warnings
+
+
+def _duplicate_trials(df: pd.DataFrame) -> list[str]:
+    ids = df.dropna(subset=["trial_id"]).groupby(["sweep", "trial_id"]).size()
+    dupes = ids[ids > 1]
+    if dupes.empty:
+        return []
+    listed = ", ".join(f"{sweep}/{trial}" for sweep, trial in dupes.index[:5])
+    return [f"{len(dupes)} trial(s) have more than one MLflow run (all are listed): {listed}"]
+
+
+def _attach_scores(client: MlflowClient, df: pd.DataFrame, warnings: list[str]) -> None:
+    """Per-example test scores for non-proportion metrics (token F1), needed for a bootstrap interval."""
+    wanted = df["test_quality"].notna() & ~df["metric"].isin(PROPORTION_METRICS)
+    missing = 0
+    for index in df.index[wanted]:
+        scores = _read_scores(client, str(df.at[index, "run_id"]))
+        if scores is None:
+            missing += 1
+        df.at[index, "scores"] = scores
+    if missing:
+        warnings.append(
+            f"{missing} run(s) have no readable {ARTIFACT_PREDICTIONS}: their interval is a normal "
+            "approximation (ci_method 'normal-approx'), not a bootstrap"
+        )
+
+
+def _read_scores(client: MlflowClient, run_id: str) -> list[float] | None:
+    try:
+        if not any(f.path == ARTIFACT_PREDICTIONS for f in client.list_artifacts(run_id)):
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(client.download_artifacts(run_id, ARTIFACT_PREDICTIONS, tmp))
+            lines = local.read_text(encoding="utf-8").splitlines()
+        scores = [float(json.loads(line)["score"]) for line in lines if line.strip()]
+    except Exception:  # a malformed file or an unreachable artifact store must not break the leaderboard
+        return None
+    return scores or None

@@ -1,0 +1,170 @@
+"""Rank runs by quality per dollar above a quality floor; Pareto front, intervals and ties with the best."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from leaderboard.stats import quality_interval
+
+DEFAULT_FLOOR_FRACTION = 0.9  # default floor: 90% of the best test quality
+DEFAULT_MARGIN = 0.02  # full fine-tuning must beat the best adapter run by more than this (2 points)
+
+# Leaderboard columns, in display order. "position" is the place on the board; "rank" is the LoRA rank r.
+COLUMNS = (
+    "position", "run_name", "run_id", "sweep", "method", "rank", "alpha", "target_modules", "learning_rate",
+    "test_quality", "test_quality_ci_low", "test_quality_ci_high", "ci_method", "metric", "n_test",
+    "cost_usd", "device_hours", "quality_per_dollar", "lift_over_baseline", "pareto", "tied_with_best",
+    "below_floor", "status", "peak_memory_mb", "adapter_mb", "trainable_params", "git_commit",
+    "test_set_sha256", "role", "trial_id", "lora_dropout", "steps", "batch_size", "model", "precision",
+    "val_quality", "tokens_per_second", "error",
+)
+
+FLOAT_COLUMNS = ("test_quality", "val_quality", "cost_usd", "device_hours", "learning_rate", "lora_dropout",
+                 "peak_memory_mb", "adapter_mb", "tokens_per_second")
+INT_COLUMNS = ("rank", "alpha", "n_test", "steps", "batch_size", "trainable_params")
+
+
+def rank_runs(
+    df: pd.DataFrame, min_quality: float | None = None, margin: float = DEFAULT_MARGIN
+) -> pd.DataFrame:
+    """The leaderboard: one row per run of `df` (as from load_runs), ordered, with the derived columns.
+
+    Order: runs at or above the quality floor by quality per dollar (best first); then runs below the floor
+    by quality; then runs without a test quality (failed, still running) by cost. The floor is `min_quality`,
+    or 90% of the best test quality when None. The floor and margin are kept in `ranked.attrs`.
+    """
+    if min_quality is not None and not 0.0 <= min_quality <= 1.0:
+        raise ValueError(f"min_quality must be a quality between 0 and 1, got {min_quality}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0 (in quality units, 0.02 = 2 points), got {margin}")
+    out = df.copy().reset_index(drop=True)
+    for column in FLOAT_COLUMNS:
+        if column in out:
+            out[column] = pd.to_numeric(out[column], errors="coerce").astype(float)
+    for column in INT_COLUMNS:
+        if column in out:  # nullable integers: a LoRA rank is 16, not 16.0, in every export
+            out[column] = pd.to_numeric(out[column], errors="coerce").round().astype("Int64")
+    if "scores" not in out:
+        out["scores"] = None
+
+    intervals = [
+        quality_interval(_num(r.test_quality), r.metric, _int(r.n_test), r.scores)
+        for r in out.itertuples(index=False)
+    ]
+    out["test_quality_ci_low"] = [i[0] for i in intervals]
+    out["test_quality_ci_high"] = [i[1] for i in intervals]
+    out["ci_method"] = [i[2] for i in intervals]
+
+    cost = out["cost_usd"]
+    out["quality_per_dollar"] = np.where(cost > 0, out["test_quality"] / cost.where(cost > 0), np.nan)
+    out["lift_over_baseline"] = _lift(out)
+    out["pareto"] = pareto_flags(out["test_quality"], out["cost_usd"])
+    out["tied_with_best"] = _tied_with_best(out)
+
+    has_quality = out["test_quality"].notna()
+    best = out["test_quality"].max() if has_quality.any() else None
+    floor = min_quality if min_quality is not None else (
+        DEFAULT_FLOOR_FRACTION * best if best is not None else None
+    )
+    out["below_floor"] = ~has_quality | (out["test_quality"] < floor if floor is not None else True)
+
+    out = _order(out)
+    out.insert(0, "position", range(1, len(out) + 1))
+    for column in COLUMNS:
+        if column not in out:
+            out[column] = None
+    ranked = out[list(COLUMNS)].copy()
+    ranked.attrs.update({"min_quality": floor, "margin": margin, "best_quality": best,
+                         "floor_is_default": min_quality is None})
+    return ranked
+
+
+def pareto_flags(quality: pd.Series, cost: pd.Series) -> list[bool]:
+    """True where no other run is at least as good and as cheap, and strictly better on one of the two.
+
+    Runs without a quality or a cost are never on the front.
+    """
+    q = pd.to_numeric(quality, errors="coerce").to_numpy(dtype=float)
+    c = pd.to_numeric(cost, errors="coerce").to_numpy(dtype=float)
+    valid = ~(np.isnan(q) | np.isnan(c))
+    flags = []
+    for i in range(len(q)):
+        if not valid[i]:
+            flags.append(False)
+            continue
+        others = valid & (q >= q[i]) & (c <= c[i]) & ((q > q[i]) | (c < c[i]))
+        flags.append(not bool(others.any()))
+    return flags
+
+
+def baseline_quality(df: pd.DataFrame, sweep: str | None = None) -> float | None:
+    """Test quality of the base model without fine-tuning (best baseline run of `sweep`, or of all)."""
+    base = df[_is_baseline(df) & df["test_quality"].notna()]
+    if sweep is not None and (base["sweep"] == sweep).any():
+        base = base[base["sweep"] == sweep]
+    return float(base["test_quality"].max()) if not base.empty else None
+
+
+def _is_baseline(df: pd.DataFrame) -> pd.Series:
+    return (df["role"] == "baseline") | (df["method"] == "none")
+
+
+def _lift(df: pd.DataFrame) -> list[float | None]:
+    # Each sweep is compared with its own baseline (sweeps may use different base models).
+    lifts: list[float | None] = []
+    for row in df.itertuples(index=False):
+        base = baseline_quality(df, row.sweep)
+        quality = _num(row.test_quality)
+        lifts.append(None if base is None or quality is None else quality - base)
+    return lifts
+
+
+def _tied_with_best(df: pd.DataFrame) -> list[bool]:
+    """The best run and every run whose 95% interval overlaps the best run's interval."""
+    if df["test_quality"].notna().sum() == 0:
+        return [False] * len(df)
+    best = df.sort_values(["test_quality", "cost_usd"], ascending=[False, True]).iloc[0]
+    b_low, b_high = _num(best.test_quality_ci_low), _num(best.test_quality_ci_high)
+    tied = []
+    for row in df.itertuples(index=False):
+        quality = _num(row.test_quality)
+        low, high = _num(row.test_quality_ci_low), _num(row.test_quality_ci_high)
+        if quality is None:
+            tied.append(False)
+        elif None in (low, high, b_low, b_high):
+            tied.append(quality == best.test_quality)
+        else:
+            tied.append(bool(low <= b_high and high >= b_low))  # type: ignore[operator]
+    return tied
+
+
+def _order(df: pd.DataFrame) -> pd.DataFrame:
+    has_quality = df["test_quality"].notna()
+    keys = pd.DataFrame({
+        "group": np.where(~has_quality, 2, np.where(df["below_floor"], 1, 0)),
+        # Within the floor group: quality per dollar; below it: quality; without quality: the costliest first.
+        "k1": np.where(has_quality & ~df["below_floor"], -df["quality_per_dollar"],
+                       np.where(has_quality, -df["test_quality"], -df["cost_usd"].fillna(0.0))),
+        "k2": -df["test_quality"].fillna(-1.0),
+        "k3": df["cost_usd"],
+    }, index=df.index)
+    order = keys.sort_values(["group", "k1", "k2", "k3"], na_position="last", kind="stable").index
+    return df.loc[order].reset_index(drop=True)
+
+
+def _num(value: object) -> float | None:
+    if value is None or value is pd.NA:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _int(value: object) -> int | None:
+    number = _num(value)
+    return None if number is None else int(number)
