@@ -1,7 +1,20 @@
 """Read a search-space YAML file, check all of it, and build a SearchSpace.
 
-Every problem is collected before anything is raised, so one run shows the user the whole list.
-Each problem reads `<file>: <key path>: <bad value>: <how to fix>`.
+The schema (default.yaml is the worked example):
+
+    description: text                        # optional
+    method: {type: categorical, choices: [lora, full]}   # optional; default: every key of methods
+    methods:                                 # lora | qlora | full ("none" is the sweep's own baseline)
+      lora:                                  # rank, alpha XOR alpha_ratio, target_modules, lora_dropout,
+        rank: {type: categorical, choices: [8, 16]}     # learning_rate: all required
+        alpha_ratio: {type: fixed, value: 2}  # alpha = alpha_ratio x rank
+        ...
+      full: {learning_rate: {type: float, low: 1e-6, high: 1e-4, log: true}}
+    default: {method: lora, rank: 16, alpha: 32, ...}   # optional; evaluated first; must lie inside
+
+A spec is {type: categorical, choices}, {type: float, low, high, log}, {type: int, low, high, log, step}
+or {type: fixed, value}. Every problem is collected before anything is raised, so one run shows the
+user the whole list; each reads `<file>: <key path>: <bad value>: <how to fix>`.
 """
 
 from __future__ import annotations
