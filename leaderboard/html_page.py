@@ -66,9 +66,10 @@ def render_html(*, title: str, caption: str, headers: list[str], rows: list[list
         f"(no other run is as good and as cheap); hollow points are below the quality floor.{e(plot_note)}"
         "</figcaption></figure>",
         "<h2>Runs</h2>",
-        '<p class="legend"><span><b>bold</b>: Pareto-optimal</span><span style="color:#8b949e">grey: below '
-        'the quality floor</span><span style="color:#b31d28">red: failed</span><span>green edge: '
-        "statistically tied with the best</span></p>",
+        '<p class="legend"><span><strong>bold</strong>: Pareto-optimal</span>'
+        '<span style="color:#8b949e">grey: below the quality floor</span>'
+        '<span style="color:#b31d28">red: failed</span>'
+        "<span>green edge: statistically tied with the best</span></p>",
         "<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr></thead><tbody>",
     ]
     for row, css_class in zip(rows, row_classes, strict=True):

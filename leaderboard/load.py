@@ -38,6 +38,10 @@ RAW_COLUMNS = (
     "tokens_per_second", "git_commit", "test_set_sha256", "error", "start_time", "scores",
 )
 
+FLOAT_COLUMNS = ("test_quality", "val_quality", "cost_usd", "device_hours", "learning_rate", "lora_dropout",
+                 "peak_memory_mb", "adapter_mb", "tokens_per_second")
+INT_COLUMNS = ("rank", "alpha", "n_test", "steps", "batch_size", "trainable_params")
+
 
 def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """One row per trial or baseline run of the named sweeps, restricted to one locked test set.
@@ -80,8 +84,23 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
     df, sha_warnings = _one_test_set(df, parent_shas[0] if parent_shas else None)
     warnings += sha_warnings
     warnings += _duplicate_trials(df)
+    metrics = sorted({str(m) for m in df.loc[df["test_quality"].notna(), "metric"] if m})
+    if len(metrics) > 1:
+        warnings.append(f"runs are scored with different metrics ({', '.join(metrics)}): their qualities "
+                        "are not directly comparable")
     _attach_scores(client, df, warnings)
-    return df.reset_index(drop=True), warnings
+    return normalise_dtypes(df.reset_index(drop=True)), warnings
+
+
+def normalise_dtypes(df: pd.DataFrame) -> pd.DataFrame:
+    """Floats as float; counts as nullable integers (a LoRA rank is 16, not 16.0, in every export)."""
+    for column in FLOAT_COLUMNS:
+        if column in df:
+            df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
+    for column in INT_COLUMNS:
+        if column in df:
+            df[column] = pd.to_numeric(df[column], errors="coerce").round().astype("Int64")
+    return df
 
 
 def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:

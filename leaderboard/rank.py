@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from leaderboard.load import normalise_dtypes
 from leaderboard.stats import quality_interval
 
 DEFAULT_FLOOR_FRACTION = 0.9  # default floor: 90% of the best test quality
@@ -22,9 +23,6 @@ COLUMNS = (
     "val_quality", "tokens_per_second", "error",
 )
 
-FLOAT_COLUMNS = ("test_quality", "val_quality", "cost_usd", "device_hours", "learning_rate", "lora_dropout",
-                 "peak_memory_mb", "adapter_mb", "tokens_per_second")
-INT_COLUMNS = ("rank", "alpha", "n_test", "steps", "batch_size", "trainable_params")
 
 
 def rank_runs(
@@ -40,13 +38,7 @@ def rank_runs(
         raise ValueError(f"min_quality must be a quality between 0 and 1, got {min_quality}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0 (in quality units, 0.02 = 2 points), got {margin}")
-    out = df.copy().reset_index(drop=True)
-    for column in FLOAT_COLUMNS:
-        if column in out:
-            out[column] = pd.to_numeric(out[column], errors="coerce").astype(float)
-    for column in INT_COLUMNS:
-        if column in out:  # nullable integers: a LoRA rank is 16, not 16.0, in every export
-            out[column] = pd.to_numeric(out[column], errors="coerce").round().astype("Int64")
+    out = normalise_dtypes(df.copy().reset_index(drop=True))
     if "scores" not in out:
         out["scores"] = None
 
@@ -100,11 +92,14 @@ def pareto_flags(quality: pd.Series, cost: pd.Series) -> list[bool]:
     return flags
 
 
-def baseline_quality(df: pd.DataFrame, sweep: str | None = None) -> float | None:
-    """Test quality of the base model without fine-tuning (best baseline run of `sweep`, or of all)."""
+def baseline_quality(df: pd.DataFrame, sweep: str | None = None, metric: str | None = None) -> float | None:
+    """Test quality of the base model without fine-tuning: the best baseline run of `sweep`, else of any
+    sweep measured with the same metric (a token F1 baseline says nothing about exact match)."""
     base = df[_is_baseline(df) & df["test_quality"].notna()]
     if sweep is not None and (base["sweep"] == sweep).any():
         base = base[base["sweep"] == sweep]
+    elif metric is not None:
+        base = base[base["metric"] == metric]
     return float(base["test_quality"].max()) if not base.empty else None
 
 
@@ -116,7 +111,7 @@ def _lift(df: pd.DataFrame) -> list[float | None]:
     # Each sweep is compared with its own baseline (sweeps may use different base models).
     lifts: list[float | None] = []
     for row in df.itertuples(index=False):
-        base = baseline_quality(df, row.sweep)
+        base = baseline_quality(df, row.sweep, row.metric)
         quality = _num(row.test_quality)
         lifts.append(None if base is None or quality is None else quality - base)
     return lifts

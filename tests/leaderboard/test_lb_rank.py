@@ -138,6 +138,17 @@ def test_each_sweep_is_lifted_over_its_own_baseline(frame, make_row) -> None:
     assert rows["t2"]["lift_over_baseline"] == pytest.approx(0.2)
 
 
+def test_another_sweeps_baseline_counts_only_with_the_same_metric(frame, make_row) -> None:
+    df = frame(
+        make_row("base1", "none", 0.3, sweep="s1"),
+        make_row("t2", quality=0.7, sweep="s2"),
+        make_row("t3", quality=0.7, sweep="s3", metric="token_f1"),
+    )
+    rows = by_name(rank_runs(df))
+    assert rows["t2"]["lift_over_baseline"] == pytest.approx(0.4)
+    assert math.isnan(rows["t3"]["lift_over_baseline"])
+
+
 def test_no_baseline_means_no_lift(frame, make_row) -> None:
     rows = by_name(rank_runs(frame(make_row("t", quality=0.7))))
     assert rows["t"]["lift_over_baseline"] is None

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from leaderboard.decide import decide
+from leaderboard.export import FILE_NAMES, export, export_all, print_table, to_html, to_markdown
+from leaderboard.rank import COLUMNS, rank_runs
+
+EVIL = '<script>alert(1)</script> | "q", x'
+
+
+@pytest.fixture
+def board(frame, make_row):
+    ranked = rank_runs(frame(
+        make_row("base", "none", 0.40, 0.05),
+        make_row(EVIL, "lora", 0.80, 1.0, target_modules="q_proj,<b>v_proj</b>"),
+        make_row("lora_b", "lora", 0.78, 0.5),
+        make_row("[bold]markup[/bold]", "qlora", 0.70, 0.1, status="pruned"),
+        make_row("full_d", "full", 0.82, 4.0),
+        make_row("failed_e", "lora", None, 0.3, status="failed"),
+    ))
+    return ranked, decide(ranked)
+
+
+WARNINGS = ["left out 1 run(s) <b>evaluated</b> elsewhere"]
+
+
+class PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.cells: list[str] = []
+        self.rows = 0
+        self.text: list[str] = []
+        self.srcs: list[str] = []
+        self._in_cell = False
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.tags.append(tag)
+        self.srcs += [v or "" for k, v in attrs if k in ("src", "href")]
+        if tag == "tr":
+            self.rows += 1
+        self._in_cell = tag == "td"
+
+    def handle_endtag(self, tag) -> None:
+        self._in_cell = False if tag == "td" else self._in_cell
+
+    def handle_data(self, data) -> None:
+        self.text.append(data)
+        if self._in_cell:
+            self.cells.append(data)
+
+
+def test_csv_parses_back_with_every_column(board, tmp_path) -> None:
+    ranked, decision = board
+    path = export(ranked, decision, "csv", tmp_path / "out" / "board.csv")
+    assert path == tmp_path / "out" / "board.csv"
+    back = pd.read_csv(path)
+    assert list(back.columns) == list(COLUMNS)
+    assert len(back) == len(ranked)
+    assert back["run_name"].tolist() == ranked["run_name"].tolist()  # quotes, commas, tags survive
+    assert back["test_quality"].tolist()[:5] == pytest.approx(ranked["test_quality"].tolist()[:5])
+    assert back["pareto"].dtype == bool and back["pareto"].tolist() == ranked["pareto"].tolist()
+    assert back.loc[back["run_name"] == "lora_b", "rank"].item() == 16  # not 16.0
+
+
+def test_json_holds_rows_with_the_column_names_and_the_decision(board, tmp_path) -> None:
+    ranked, decision = board
+    path = export(ranked, decision, "json", tmp_path / "board.json", WARNINGS)
+    document = json.loads(path.read_text())
+    rows = pd.DataFrame(document["rows"])
+    required = ["run_id", "run_name", "method", "rank", "alpha", "target_modules", "learning_rate",
+                "test_quality", "test_quality_ci_low", "test_quality_ci_high", "cost_usd", "device_hours",
+                "quality_per_dollar", "lift_over_baseline", "pareto", "tied_with_best", "below_floor",
+                "status", "peak_memory_mb", "adapter_mb", "git_commit", "test_set_sha256"]
+    assert set(required) <= set(rows.columns)
+    assert len(rows) == len(ranked)
+    failed = document["rows"][-1]
+    assert failed["run_name"] == "failed_e" and failed["test_quality"] is None  # null, not NaN
+    assert failed["quality_per_dollar"] is None and failed["cost_usd"] == 0.3
+    assert document["decision"]["text"] == decision.text
+    assert document["decision"]["recommended"]["run_name"] == decision.recommended["run_name"]
+    assert document["warnings"] == WARNINGS
+    assert document["min_quality"] == pytest.approx(0.738)
+    assert document["sweeps"] == ["demo"]
+    # The same document through pandas' own JSON reader.
+    assert pd.read_json(io.StringIO(json.dumps(document["rows"])))["run_name"].tolist() == \
+        ranked["run_name"].tolist()
+
+
+def test_markdown_table_is_escaped_and_complete(board) -> None:
+    ranked, decision = board
+    text = to_markdown(ranked, decision, WARNINGS)
+    assert "<script>" not in text and "<b>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; \\| \"q\", x" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(ranked)  # header + one line per run
+    # Escaped pipes keep every row at the header's column count.
+    header_cells = table[0].count(" | ")
+    assert all(line.replace("\\|", "").count(" | ") == header_cells for line in table)
+    assert "## Decision" in text and "Recommended:" in text
+
+
+def test_html_is_self_contained_and_escaped(board) -> None:
+    ranked, decision = board
+    page = to_html(ranked, decision, WARNINGS)
+    assert "<script" not in page.lower()  # neither ours nor the run name's
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;b&gt;evaluated&lt;/b&gt;" in page
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    assert "script" not in parser.tags
+    assert "b" not in parser.tags  # the <b> in a warning and in target modules stayed text
+    assert "style" in parser.tags and "table" in parser.tags
+    assert parser.rows == 1 + len(ranked)
+    assert any(EVIL in cell for cell in parser.cells)  # shown literally, as text
+    # The only external reference is the embedded plot: nothing is fetched from a network.
+    assert len(parser.srcs) == 1 and parser.srcs[0].startswith("data:image/png;base64,")
+    png = base64.b64decode(parser.srcs[0].split(",", 1)[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "Recommended:" in "".join(parser.text)
+
+
+def test_terminal_table_shows_names_literally(board) -> None:
+    ranked, decision = board
+    buffer = io.StringIO()
+    print_table(ranked, decision, WARNINGS, Console(file=buffer, width=400, color_system=None))
+    out = buffer.getvalue()
+    assert "[bold]markup[/bold]" in out  # rich markup in a run name is not interpreted
+    assert "lora_b" in out and "failed_e" in out
+    assert "Recommended: lora_b" in out
+    assert "warning: left out 1 run(s)" in out
+
+
+def test_export_all_writes_four_files(board, tmp_path) -> None:
+    ranked, decision = board
+    paths = export_all(ranked, decision, tmp_path / "lb")
+    assert sorted(p.name for p in paths) == sorted(FILE_NAMES.values())
+    assert all(p.stat().st_size > 200 for p in paths)
+
+
+def test_table_format_to_a_file_and_stdout(board, tmp_path, capsys) -> None:
+    ranked, decision = board
+    path = export(ranked, decision, "table", tmp_path / "board.txt")
+    assert path is not None and "lora_b" in Path(path).read_text()
+    assert export(ranked, decision, "csv") is None
+    assert capsys.readouterr().out.startswith("position,run_name,run_id")
+
+
+def test_unknown_format_is_refused(board) -> None:
+    ranked, decision = board
+    with pytest.raises(ValueError, match="unknown format 'xlsx'"):
+        export(ranked, decision, "xlsx", None)
