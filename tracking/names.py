@@ -52,7 +52,8 @@ FINAL_METRICS = (
 
 # Artifacts of a trial run.
 ARTIFACT_METRICS = "metrics.json"
-ARTIFACT_PREDICTIONS = "test_predictions.jsonl"  # one JSON object per test example: expected, predicted, score
+# One JSON object per test example: expected, predicted, score.
+ARTIFACT_PREDICTIONS = "test_predictions.jsonl"
 ARTIFACT_ADAPTER_DIR = "adapter"
 
 # Parent (sweep) run.
