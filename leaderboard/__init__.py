@@ -5,8 +5,8 @@ Public API (plain functions): load_runs -> rank_runs -> decide -> export / expor
 """
 
 from leaderboard.cli import Board, add_cli, build, main, write_leaderboard
-from leaderboard.decide import Decision, decide
-from leaderboard.export import FORMATS, export, export_all
+from leaderboard.decision import Decision, decide
+from leaderboard.exports import FORMATS, export, export_all
 from leaderboard.load import load_runs
 from leaderboard.rank import COLUMNS, pareto_flags, rank_runs
 

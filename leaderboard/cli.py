@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from leaderboard.decide import Decision, decide
-from leaderboard.export import FORMATS, export, export_all
+from leaderboard.decision import Decision, decide
+from leaderboard.exports import FORMATS, export, export_all
 from leaderboard.load import load_runs
 from leaderboard.rank import DEFAULT_MARGIN, rank_runs
 

@@ -56,5 +56,15 @@ def text(value: object) -> str:
     return "-" if is_missing(value) else str(value)
 
 
+def modules(value: object) -> str:
+    """Target modules, short: "q_proj,k_proj" reads as "q,k" (every Llama-style target ends in _proj)."""
+    if is_missing(value):
+        return "-"
+    names = [m.strip() for m in str(value).split(",") if m.strip()]
+    if names and all(m.endswith("_proj") for m in names):
+        return ",".join(m[: -len("_proj")] for m in names)
+    return ",".join(names)
+
+
 def flag(value: object) -> str:
     return "yes" if not is_missing(value) and bool(value) else ""

@@ -25,20 +25,23 @@ figure img { max-width: 100%; border: 1px solid #e1e4e8; }
 figcaption { font-size: 12px; color: #586069; }
 table { border-collapse: collapse; font-size: 12px; }
 th, td { border: 1px solid #e1e4e8; padding: 3px 6px; text-align: left; white-space: nowrap; }
-th { background: #f6f8fa; position: sticky; top: 0; }
+th { background: #f6f8fa; position: sticky; top: 0; white-space: normal; vertical-align: bottom; }
 tr.pareto td { font-weight: 600; }
 tr.below td { color: #8b949e; }
 tr.failed td { color: #b31d28; background: #ffeef0; }
 tr.tied td:first-child { border-left: 4px solid #2ea44f; }
+tr.recommended td, .recommended-key { background: #fff5b1; }
+div.scroll { overflow-x: auto; }
+td:nth-child(2) { white-space: normal; min-width: 9em; max-width: 18em; word-break: break-all; }
 .legend span { display: inline-block; margin-right: 14px; font-size: 12px; }
 """
 
 
 def render_html(*, title: str, caption: str, headers: list[str], rows: list[list[str]],
                 row_classes: list[str], decision_lines: list[str], warnings: list[str],
-                ranked: pd.DataFrame) -> str:
+                ranked: pd.DataFrame, recommended_run_id: str | None = None) -> str:
     e = html.escape
-    png = base64.b64encode(scatter_png(ranked, title=title)).decode("ascii")
+    png = base64.b64encode(scatter_png(ranked, recommended_run_id=recommended_run_id)).decode("ascii")
     not_plotted = int((ranked["test_quality"].isna() | ranked["cost_usd"].isna()).sum())
     plot_note = f" {not_plotted} run(s) without a test quality or a cost are in the table only." \
         if not_plotted else ""
@@ -63,17 +66,21 @@ def render_html(*, title: str, caption: str, headers: list[str], rows: list[list
         f'<figure><img alt="{e("test quality versus cost, Pareto front drawn")}" '
         f'src="data:image/png;base64,{png}">',
         f"<figcaption>Each point is a run; bars are 95% intervals; the black step line is the Pareto front "
-        f"(no other run is as good and as cheap); hollow points are below the quality floor.{e(plot_note)}"
+        f"(no other run is as good and as cheap); hollow points are below the quality floor; the star is the "
+        f"recommended run.{e(plot_note)}"
         "</figcaption></figure>",
         "<h2>Runs</h2>",
         '<p class="legend"><span><strong>bold</strong>: Pareto-optimal</span>'
         '<span style="color:#8b949e">grey: below the quality floor</span>'
         '<span style="color:#b31d28">red: failed</span>'
-        "<span>green edge: statistically tied with the best</span></p>",
-        "<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr></thead><tbody>",
+        "<span>green edge: statistically tied with the best</span>"
+        '<span class="recommended-key">yellow: recommended</span>'
+        "<span>targets: module names without _proj</span></p>",
+        '<div class="scroll"><table><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in headers)
+        + "</tr></thead><tbody>",
     ]
     for row, css_class in zip(rows, row_classes, strict=True):
         attr = f' class="{e(css_class)}"' if css_class else ""
         parts.append(f"<tr{attr}>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>")
-    parts += ["</tbody></table>", "</body></html>"]
+    parts += ["</tbody></table></div>", "</body></html>"]
     return "\n".join(parts) + "\n"

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -52,7 +53,12 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
     """
     if not names:
         raise ValueError("give at least one sweep name")
-    client = MlflowClient(tracking_uri=tracking_uri)
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        # MLflow would silently create an empty store there; a typo in the path deserves an error instead.
+        raise LookupError(f"no MLflow database at {uri}; run from the folder of the sweep or pass "
+                          "--tracking-uri (or set MLFLOW_TRACKING_URI)")
+    client = MlflowClient(tracking_uri=uri)
     warnings: list[str] = []
     rows: list[dict[str, Any]] = []
     parent_shas: list[str] = []

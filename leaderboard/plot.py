@@ -15,7 +15,8 @@ METHOD_COLOURS = {"none": "#7f7f7f", "lora": "#1f77b4", "qlora": "#2ca02c", "ful
 OTHER_COLOUR = "#9467bd"
 
 
-def scatter_png(ranked: pd.DataFrame, title: str = "", dpi: int = 110) -> bytes:
+def scatter_png(ranked: pd.DataFrame, title: str = "", dpi: int = 110,
+                recommended_run_id: str | None = None) -> bytes:
     """Test quality (95% intervals) against cost in dollars, one colour per method; Pareto front drawn."""
     data = ranked[ranked["test_quality"].notna() & ranked["cost_usd"].notna()]
     fig, ax = plt.subplots(figsize=(8.0, 5.0), dpi=dpi)
@@ -42,6 +43,11 @@ def scatter_png(ranked: pd.DataFrame, title: str = "", dpi: int = 110) -> bytes:
             for row in front.itertuples(index=False):
                 ax.annotate(_short(str(row.run_name)), (float(row.cost_usd), float(row.test_quality)),
                             textcoords="offset points", xytext=(5, 5), fontsize=7)
+        chosen = data[data["run_id"] == recommended_run_id] if recommended_run_id else data.iloc[0:0]
+        if not chosen.empty:
+            ax.scatter(chosen["cost_usd"].astype(float), chosen["test_quality"].astype(float), marker="*",
+                       s=260, color="#ffd33d", edgecolors="black", linewidths=0.8, zorder=4,
+                       label="recommended")
         floor = ranked.attrs.get("min_quality")
         if floor is not None and not data.empty:
             ax.axhline(float(floor), color="#ff7f0e", linestyle="--", linewidth=1,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from leaderboard.decide import decide
+from leaderboard.decision import decide
 from leaderboard.rank import rank_runs
 
 

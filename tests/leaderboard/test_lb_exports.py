@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from leaderboard.decide import decide
-from leaderboard.export import FILE_NAMES, export, export_all, print_table, to_html, to_markdown
+from leaderboard.decision import decide
+from leaderboard.exports import FILE_NAMES, export, export_all, print_table, to_html, to_markdown
 from leaderboard.rank import COLUMNS, rank_runs
 
 EVIL = '<script>alert(1)</script> | "q", x'
@@ -23,6 +23,7 @@ def board(frame, make_row):
         make_row("base", "none", 0.40, 0.05),
         make_row(EVIL, "lora", 0.80, 1.0, target_modules="q_proj,<b>v_proj</b>"),
         make_row("lora_b", "lora", 0.78, 0.5),
+        make_row("lora_dominated_tied", "lora", 0.77, 0.9),  # neither Pareto nor below: only "tied"
         make_row("[bold]markup[/bold]", "qlora", 0.70, 0.1, status="pruned"),
         make_row("full_d", "full", 0.82, 4.0),
         make_row("failed_e", "lora", None, 0.3, status="failed"),
@@ -136,9 +137,44 @@ def test_terminal_table_shows_names_literally(board) -> None:
     print_table(ranked, decision, WARNINGS, Console(file=buffer, width=400, color_system=None))
     out = buffer.getvalue()
     assert "[bold]markup[/bold]" in out  # rich markup in a run name is not interpreted
-    assert "lora_b" in out and "failed_e" in out
+    assert "lora_b" in out and "failed_e" in out and "lora_dominated_tied" in out
     assert "Recommended: lora_b" in out
     assert "warning: left out 1 run(s)" in out
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_narrow_terminal_drops_columns_to_fit_and_says_so(board, width) -> None:
+    ranked, decision = board
+    buffer = io.StringIO()
+    print_table(ranked, decision, (), Console(file=buffer, width=width, color_system=None))
+    out = buffer.getvalue()
+    table = [line for line in out.splitlines() if line[:1] in "┏┃┡│└"]
+    assert len(table) >= 3 + len(ranked) and all(len(line) <= width for line in table)
+    assert "hidden to fit the terminal: commit, peak MB, device h, run id" in " ".join(out.split())
+    assert "id-lora_b" not in out and "0123456789" not in out
+    header = table[1]
+    assert all(h in header for h in ("run", "quality", "cost", "quality/$", "flags"))
+
+
+def test_wide_terminal_shows_every_column_and_flags(board) -> None:
+    ranked, decision = board
+    buffer = io.StringIO()
+    print_table(ranked, decision, (), Console(file=buffer, width=400, color_system=None))
+    out = buffer.getvalue()
+    assert "id-lora_" in out and "hidden" not in out
+    lora_b = next(line for line in out.splitlines() if "lora_b" in line)
+    assert lora_b.rstrip(" │").endswith("PT")  # Pareto and tied with the best, above the floor
+    failed = next(line for line in out.splitlines() if "failed_e" in line)
+    assert "failed" in failed and failed.rstrip(" │").endswith("<")
+
+
+def test_html_marks_the_recommended_row_and_shortens_targets(board) -> None:
+    ranked, decision = board
+    page = to_html(ranked, decision)
+    recommended = [line for line in page.splitlines() if 'class="' in line and "recommended" in line
+                   and line.startswith("<tr")]
+    assert len(recommended) == 1 and ">lora_b<" in recommended[0]
+    assert "<td>q,k,v,o</td>" in page and "q_proj,k_proj" not in page.split("<table>")[1]
 
 
 def test_export_all_writes_four_files(board, tmp_path) -> None:

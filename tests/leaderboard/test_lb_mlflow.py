@@ -176,3 +176,28 @@ def test_two_sweeps_on_one_test_set_with_bootstrap_intervals(store) -> None:
     assert pd.isna(rows.loc["f1-lora", "lift_over_baseline"])
     assert rows.loc["lora-default", "lift_over_baseline"] == pytest.approx(0.39)
     assert board.decision.metric is None  # two metrics: the decision does not pretend there is one
+
+
+def test_add_cli_hooks_into_a_parent_parser(store, capsys) -> None:
+    import argparse
+
+    from leaderboard import add_cli
+
+    parser = argparse.ArgumentParser(prog="sweepboard")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["leaderboard", "demo", "--format", "md", "--tracking-uri", store,
+                              "--min-quality", "0.7"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Leaderboard: demo")
+    assert "quality floor 0.700;" in out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["leaderboard", "demo", "--min-quality", "70"])  # a percentage, not a quality
+    assert "expected a quality between 0 and 1" in capsys.readouterr().err
+
+
+def test_missing_sqlite_file_is_an_error_not_a_new_store(tmp_path, capsys) -> None:
+    uri = f"sqlite:///{tmp_path / 'typo.db'}"
+    assert main(["demo", "--tracking-uri", uri]) == 2
+    assert "no MLflow database at" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()

@@ -86,3 +86,11 @@ def test_interval_method_follows_the_metric(metric, n, scores, method) -> None:
 def test_no_quality_no_interval() -> None:
     assert quality_interval(None, "exact_match", 100, None) == (None, None, CI_NONE)
     assert quality_interval(float("nan"), "exact_match", 100, None) == (None, None, CI_NONE)
+
+
+def test_modules_are_shortened_only_when_all_end_in_proj() -> None:
+    from leaderboard import fmt
+
+    assert fmt.modules("q_proj,k_proj,v_proj,o_proj") == "q,k,v,o"
+    assert fmt.modules("q_proj,lm_head") == "q_proj,lm_head"
+    assert fmt.modules(None) == "-"
