@@ -72,6 +72,7 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
             )
         runs = _all_runs(client, experiment.experiment_id)
         unknown = 0
+        before = len(rows)
         for run in runs:
             role = run.data.tags.get(TAG_ROLE)
             if role == "sweep":
@@ -82,6 +83,8 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
                 rows.append(_row(name, run))
             else:
                 unknown += 1
+        if len(rows) == before:
+            warnings.append(f"sweep {name!r} has no trial or baseline runs yet")
         if unknown:
             warnings.append(
                 f"sweep {name!r}: ignored {unknown} run(s) without a {TAG_ROLE} tag of trial or baseline"
@@ -95,7 +98,9 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
         warnings.append(f"runs are scored with different metrics ({', '.join(metrics)}): their qualities "
                         "are not directly comparable")
     _attach_scores(client, df, warnings)
-    return normalise_dtypes(df.reset_index(drop=True)), warnings
+    df = normalise_dtypes(df.reset_index(drop=True))
+    df.attrs["sweeps"] = list(names)
+    return df, warnings
 
 
 def normalise_dtypes(df: pd.DataFrame) -> pd.DataFrame:

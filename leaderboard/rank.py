@@ -69,8 +69,8 @@ def rank_runs(
         if column not in out:
             out[column] = None
     ranked = out[list(COLUMNS)].copy()
-    ranked.attrs.update({"min_quality": floor, "margin": margin, "best_quality": best,
-                         "floor_is_default": min_quality is None})
+    ranked.attrs.update({"sweeps": list(df.attrs.get("sweeps", [])), "min_quality": floor, "margin": margin,
+                         "best_quality": best, "floor_is_default": min_quality is None})
     return ranked
 
 

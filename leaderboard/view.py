@@ -82,7 +82,10 @@ def caption(ranked: pd.DataFrame, decision: Decision) -> str:
 
 
 def sweeps(ranked: pd.DataFrame) -> list[str]:
-    return [str(s) for s in dict.fromkeys(ranked["sweep"].dropna())] if "sweep" in ranked else []
+    """The sweeps asked for (kept by load_runs even when one has no runs), else those in the rows."""
+    named = [str(s) for s in ranked.attrs.get("sweeps", [])]
+    seen = [str(s) for s in dict.fromkeys(ranked["sweep"].dropna())] if "sweep" in ranked else []
+    return named + [s for s in seen if s not in named]
 
 
 def plain(value: object) -> Any:

@@ -196,6 +196,17 @@ def test_add_cli_hooks_into_a_parent_parser(store, capsys) -> None:
     assert "expected a quality between 0 and 1" in capsys.readouterr().err
 
 
+def test_a_sweep_without_runs_still_exports(tmp_path, capsys) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).create_experiment("fresh", artifact_location=(tmp_path / "a").as_uri())
+    assert main(["fresh", "--format", "all", "--out", str(tmp_path / "out"), "--tracking-uri", uri]) == 0
+    assert "sweep 'fresh' has no trial or baseline runs yet" in capsys.readouterr().err
+    document = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
+    assert document["sweeps"] == ["fresh"] and document["rows"] == []
+    assert document["decision"]["recommended"] is None
+    assert "<h1>Leaderboard: fresh</h1>" in (tmp_path / "out" / "leaderboard.html").read_text()
+
+
 def test_missing_sqlite_file_is_an_error_not_a_new_store(tmp_path, capsys) -> None:
     uri = f"sqlite:///{tmp_path / 'typo.db'}"
     assert main(["demo", "--tracking-uri", uri]) == 2
