@@ -24,7 +24,6 @@ COLUMNS = (
 )
 
 
-
 def rank_runs(
     df: pd.DataFrame, min_quality: float | None = None, margin: float = DEFAULT_MARGIN
 ) -> pd.DataFrame:
@@ -57,7 +56,7 @@ def rank_runs(
     out["tied_with_best"] = _tied_with_best(out)
 
     has_quality = out["test_quality"].notna()
-    best = out["test_quality"].max() if has_quality.any() else None
+    best = float(out["test_quality"].max()) if has_quality.any() else None
     floor = min_quality if min_quality is not None else (
         DEFAULT_FLOOR_FRACTION * best if best is not None else None
     )
