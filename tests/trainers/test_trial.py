@@ -1,0 +1,108 @@
+"""Each method end to end on the tiny model: what run_trial returns, and what it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainers import run_trial
+from trainers.data import LockMismatchError
+from search_spaces.targets import TargetModulesError
+
+REQUIRED = {
+    "method", "rank", "alpha", "target_modules", "learning_rate", "steps", "test_quality", "val_quality",
+    "test_set_sha256", "n_test", "wall_seconds", "load_seconds", "train_seconds", "eval_seconds",
+    "tokens_trained", "tokens_per_second", "peak_memory_mb", "trainable_params", "total_params",
+    "adapter_mb", "device", "cost_usd", "status",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["none", "lora", "qlora", "full"])
+def test_each_method_writes_metrics(method: str, tiny_config: dict[str, Any]) -> None:
+    reports: list[dict[str, Any]] = []
+    metrics = run_trial({**tiny_config, "method": method}, report=lambda m, ckpt: reports.append(m))
+    out = Path(tiny_config["out"])
+    written = json.loads((out / "metrics.json").read_text())
+    assert REQUIRED <= set(written)
+    assert written == json.loads(json.dumps(metrics))
+    assert written["method"] == method and written["status"] == "finished"
+    assert written["n_test"] == 40 and len(written["test_set_sha256"]) == 64
+    assert 0.0 <= written["test_quality"] <= 1.0
+    preds = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 40 and all({"expected", "predicted", "score"} <= set(p) for p in preds)
+    assert written["test_quality"] == pytest.approx(sum(p["score"] for p in preds) / 40)
+    assert written["cost_usd"] > 0 and written["wall_seconds"] >= written["train_seconds"]
+    assert written["peak_memory_mb"] > 0
+    if method == "none":
+        assert reports == [] and written["trainable_params"] == 0 and written["tokens_trained"] == 0
+        return
+    # Periodic validation reached the callback at steps 2 and 4, with cost so far.
+    assert [r["step"] for r in reports] == [2, 4]
+    assert all(r["cost_usd"] > 0 and r["phase"] == "train" for r in reports)
+    assert written["steps_done"] == 4 and written["tokens_trained"] > 0
+    assert (out / "checkpoint" / "state.json").is_file()
+    if method in ("lora", "qlora"):
+        assert (out / "adapter" / "adapter_config.json").is_file()
+        assert 0 < written["trainable_params"] < written["total_params"] / 10
+        assert written["target_modules"] == "k_proj,o_proj,q_proj,v_proj"
+    else:
+        assert written["trainable_params"] == written["total_params"]
+        assert written["rank"] is None and written["target_modules"] is None
+
+
+def test_qlora_holds_base_in_nf4(tiny_config: dict[str, Any]) -> None:
+    import bitsandbytes as bnb
+
+    from trainers import model as model_mod
+    from trainers.config import from_dict
+
+    cfg = from_dict({**tiny_config, "method": "qlora"})
+    _, model = model_mod.load(model_mod.resolve(cfg), cfg, "cpu", __import__("torch").float32)
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)
+    assert q_proj.base_layer.weight.quant_type == "nf4"
+    assert q_proj.lora_A["default"].weight.requires_grad
+
+
+def test_killed_trial_continues_from_its_checkpoint(tiny_config: dict[str, Any]) -> None:
+    cfg = {**tiny_config, "method": "lora", "steps": 6}
+
+    class Killed(Exception):
+        pass
+
+    def die_after_first(metrics: dict[str, Any], ckpt: str | None) -> None:
+        raise Killed  # the trial's process dies right after its first checkpoint
+
+    with pytest.raises(Killed):
+        run_trial(cfg, report=die_after_first)
+    state = json.loads((Path(cfg["out"]) / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+    seen: list[int] = []
+    metrics = run_trial(cfg, report=lambda m, ckpt: seen.append(m["step"]))
+    assert seen == [4, 6]  # steps 1-2 were not trained again
+    assert metrics["steps_done"] == 6
+    assert metrics["wall_seconds"] > state["elapsed_seconds"]  # the first attempt's time is billed too
+
+
+def test_report_can_stop_training_early(tiny_config: dict[str, Any]) -> None:
+    metrics = run_trial({**tiny_config, "method": "lora", "steps": 8}, report=lambda m, ckpt: True)
+    assert metrics["status"] == "stopped" and metrics["steps_done"] == 2
+    assert metrics["n_test"] == 40  # a stopped trial still gets its final test score
+
+
+def test_unknown_target_module_is_named(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(TargetModulesError, match="qkv_proj.*available"):
+        run_trial({**tiny_config, "method": "lora", "target_modules": "qkv_proj"})
+
+
+def test_changed_test_set_stops_the_trial(tiny_config: dict[str, Any]) -> None:
+    run_trial({**tiny_config, "method": "none"})
+    test_file = Path(tiny_config["data"]["lock_dir"]) / "test.jsonl"
+    lines = test_file.read_text().splitlines()
+    lines[0] = lines[0].replace("ISO", "iso")
+    test_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LockMismatchError, match="changed: sha256 is [0-9a-f]{64}, the lock says [0-9a-f]{64}"):
+        run_trial({**tiny_config, "method": "none"})

