@@ -1,0 +1,155 @@
+"""The sweep config: what to search, on what, with which resources, logged where. Validated before any spend.
+
+A sweep config is YAML with a `trial:` section (the fixed settings of every trial: model, data, steps, ...,
+see trainers/config.py) and sweep-level keys. Built-in configs live in sweeps/configs/ and are named by
+their stem (`--config smoke`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainers.config import ConfigError, from_dict
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class Resources:
+    cpus: float = 2
+    gpus: float = 0
+
+
+@dataclass
+class SweepConfig:
+    name: str = "default"
+    space: str = "default"  # a built-in search space name or a YAML path
+    max_trials: int = 8  # the baseline is extra; on CPU a trial count stops the sweep before $30 does
+    concurrency: int = 1
+    baseline: bool = True  # evaluate the base model (method none) once per sweep
+    estimate_trial_seconds: float = 600  # projected cost of the first trial, before any trial has finished
+    grace_period: int = 2  # ASHA: reports (validation rounds) before a trial may be pruned
+    reduction_factor: float = 3
+    storage: str = "runs/sweeps"  # Ray Tune's storage path (a shared path or bucket on a cluster)
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    price_per_hour: float | None = None  # USD per trial-hour; overrides the price catalog
+    resources: dict[str, Resources] = field(
+        default_factory=lambda: {m: Resources() for m in ("none", "lora", "qlora", "full")}
+    )
+    trial: dict[str, Any] = field(default_factory=dict)  # fixed trial settings (trainers/config.py)
+    source: str = "<defaults>"
+
+
+def resolve_path(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    builtin = CONFIG_DIR / f"{name_or_path}.yaml"
+    if builtin.is_file():
+        return builtin
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError([f"--config: {name_or_path!r}: no such file and no built-in config of that name ({known})"])
+
+
+def load(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read, merge command-line overrides, validate. Every problem of the file is reported at once."""
+    path = resolve_path(name_or_path or "default")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: must hold a mapping of settings"])
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build(raw, str(path))
+
+
+def build(raw: dict[str, Any], source: str) -> SweepConfig:
+    problems: list[str] = []
+    known = {f.name for f in dataclasses.fields(SweepConfig)} - {"source"}
+    for key in sorted(set(raw) - known):
+        problems.append(f"{source}: {key}: unknown key; known keys: {', '.join(sorted(known))}")
+    cfg = SweepConfig(source=source)
+    for key in known & set(raw):
+        if key != "resources":
+            setattr(cfg, key, raw[key])
+    cfg.resources = _resources(raw.get("resources") or {}, source, problems)
+    problems += _check(cfg)
+    try:
+        from_dict({**cfg.trial, "method": "lora"})  # the fixed trial settings, checked with the trial's schema
+    except ConfigError as exc:
+        problems += [f"{source}: trial.{p}" for p in exc.problems]
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _resources(raw: Any, source: str, problems: list[str]) -> dict[str, Resources]:
+    out = {m: Resources() for m in ("none", "lora", "qlora", "full")}
+    if not isinstance(raw, dict):
+        problems.append(f"{source}: resources: {raw!r}: a mapping method -> {{cpus, gpus}}")
+        return out
+    # `default:` applies to every method; a method's own entry (full fine-tuning may need more) wins.
+    for method in ["default", *out]:
+        spec = raw.get(method)
+        if spec is None:
+            continue
+        if not isinstance(spec, dict) or set(spec) - {"cpus", "gpus"}:
+            problems.append(f"{source}: resources.{method}: {spec!r}: give {{cpus: N, gpus: N}}")
+            continue
+        for target in out if method == "default" else [method]:
+            for key in ("cpus", "gpus"):
+                if key in spec:
+                    try:
+                        value = float(spec[key])
+                    except (TypeError, ValueError):
+                        value = -1.0
+                    if value < 0 or (key == "cpus" and value == 0):
+                        problems.append(f"{source}: resources.{method}.{key}: {spec[key]!r}: must be a number > 0")
+                    setattr(out[target], key, value)
+    for method in set(raw) - {"default", *out}:
+        problems.append(f"{source}: resources.{method}: unknown method; use default, none, lora, qlora or full")
+    return out
+
+
+def _check(cfg: SweepConfig) -> list[str]:
+    p: list[str] = []
+    s = cfg.source
+    if not isinstance(cfg.name, str) or not NAME_RE.match(cfg.name):
+        p.append(f"{s}: name: {cfg.name!r}: use letters, digits, '.', '_' or '-' (at most 64), e.g. my-sweep")
+    for key in ("max_trials", "concurrency", "grace_period"):
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            p.append(f"{s}: {key}: {value!r}: must be a positive whole number")
+    for key in ("estimate_trial_seconds", "reduction_factor"):
+        value = getattr(cfg, key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= (1 if key[0] == "r" else 0):
+            p.append(f"{s}: {key}: {value!r}: must be a number above {1 if key[0] == 'r' else 0}")
+    if cfg.price_per_hour is not None and not (
+        isinstance(cfg.price_per_hour, (int, float)) and math.isfinite(cfg.price_per_hour) and cfg.price_per_hour > 0
+    ):
+        p.append(f"{s}: price_per_hour: {cfg.price_per_hour!r}: a positive number of US dollars per hour, e.g. 3.0")
+    if not isinstance(cfg.trial, dict):
+        p.append(f"{s}: trial: {cfg.trial!r}: a mapping of trial settings (model, data, steps, ...)")
+        cfg.trial = {}
+    for key in ("method", "out", "rank", "alpha", "learning_rate", "target_modules", "lora_dropout"):
+        if key in cfg.trial:
+            p.append(f"{s}: trial.{key}: is searched, not fixed: set it in the search space instead")
+    return p
+
+
+def tracking_uri(cfg: SweepConfig) -> str:
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path('mlflow.db').resolve()}"

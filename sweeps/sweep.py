@@ -1,0 +1,123 @@
+"""`sweepboard sweep` and `sweepboard resume`: validate -> prepare task and model -> baseline -> Tune -> board.
+
+Ray Tune owns trial scheduling, pruning (ASHA), retries and restore; Optuna's TPE proposes configs, starting
+from the production-default LoRA; the budget ledger admits trials; the driver is MLflow's only writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sweeps import config as sweep_config
+from sweeps.budget import BudgetError, check_affordable, validate_budget
+from trainers.config import ConfigError
+
+STATE_FILE = "sweepboard.json"  # what `resume` needs to rebuild the sweep: config, budget, price
+
+
+def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
+    """A new sweep. Every input problem is reported at once, before anything is spent."""
+    problems: list[str] = []
+    budget_usd = _collect(problems, lambda: validate_budget(budget))
+    cfg = _collect(problems, lambda: sweep_config.load(config, overrides))
+    if cfg is not None:
+        space = _collect(problems, lambda: _load_space(cfg.space))
+        quote = _collect(problems, lambda: _quote(cfg))
+        _collect(problems, lambda: _check_tracking(cfg))
+        root = Path(cfg.storage).resolve() / cfg.name
+        if root.exists():
+            problems.append(
+                f"sweep {cfg.name!r} already exists in {root}: continue it with `make resume NAME={cfg.name}` "
+                f"(sweepboard resume {cfg.name}), or start a new one with another NAME; nothing is overwritten"
+            )
+        if budget_usd is not None and quote is not None and space is not None:
+            first = quote.usd_per_hour * cfg.estimate_trial_seconds / 3600
+            _collect(problems, lambda: check_affordable(budget_usd, first, quote))
+    if problems:
+        raise ConfigError(problems)
+    assert cfg is not None and budget_usd is not None and quote is not None and space is not None
+    root.mkdir(parents=True)
+    state = {"config": asdict(cfg), "budget_usd": budget_usd, "space_source": space.source}
+    (root / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+    from sweeps.tune_run import execute
+
+    return execute(cfg, budget_usd, space, quote, root, resume=False)
+
+
+def resume(name: str, storage: str = "runs/sweeps") -> int:
+    root = Path(storage).resolve() / name
+    state_file = root / STATE_FILE
+    if not state_file.is_file():
+        known = sorted(p.name for p in root.parent.glob("*") if (p / STATE_FILE).is_file())
+        raise ConfigError(
+            [f"sweep {name!r}: nothing to resume in {root}; known sweeps: {', '.join(known) or 'none'}; "
+             f"start it with `make sweep BUDGET=... NAME={name}`"]
+        )
+    state = json.loads(state_file.read_text())
+    raw = dict(state["config"])
+    source = raw.pop("source", str(state_file))
+    raw["resources"] = {m: dict(r) for m, r in raw["resources"].items()}
+    cfg = sweep_config.build(raw, source)
+    space = _load_space(state["space_source"])
+    quote = _quote(cfg)
+    _check_tracking(cfg)
+    from sweeps.tune_run import execute
+
+    return execute(cfg, float(state["budget_usd"]), space, quote, root, resume=True)
+
+
+def _collect(problems: list[str], check: Any) -> Any:
+    try:
+        return check()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    except (BudgetError, ValueError) as exc:
+        problems.append(str(exc))
+    return None
+
+
+def _load_space(name: str) -> Any:
+    from search_spaces import load_space
+
+    return load_space(name)
+
+
+def _quote(cfg: sweep_config.SweepConfig) -> Any:
+    """Price of one trial-hour. Trials of different methods may ask for different resources; the budget
+    projects with the most expensive, so it errs on the side of not spending."""
+    from tracking.prices import detect_device, price_per_hour
+
+    device = detect_device()
+    res = max(cfg.resources.values(), key=lambda r: (r.gpus, r.cpus))
+    return price_per_hour(device, res.gpus, res.cpus, cfg.price_per_hour)
+
+
+def _check_tracking(cfg: sweep_config.SweepConfig) -> None:
+    from tracking.mlflow_store import check_reachable
+
+    check_reachable(sweep_config.tracking_uri(cfg))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ray_init(cfg: sweep_config.SweepConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)  # join the existing cluster
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -1,0 +1,200 @@
+"""The Ray Tune part of a sweep: build (or restore) the Tuner, run it, and close the sweep's books."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sweeps import config as sweep_config
+from sweeps.sweep import git_commit, ray_init
+from tracking import names
+
+console = Console(highlight=False)
+BASELINE_ID = "baseline"
+
+
+def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote: Any, root: Path,
+            resume: bool) -> int:  # fmt: skip
+    import mlflow
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeps.budget import BudgetLedger, BudgetSearcher, BudgetStopper, BudgetSync
+    from sweeps.mlflow_callback import MLflowTrialLogger
+    from sweeps.progress import SweepProgress, print_start_banner
+    from sweeps.trainable import trainable
+    from tracking import mlflow_store
+
+    base = trial_base(cfg)
+    prepare(base)  # lock the test set and convert the model once, here, not in N racing trials
+
+    uri = sweep_config.tracking_uri(cfg)
+    client = mlflow.MlflowClient(uri)
+    sweep_params = {"budget_usd": budget_usd, "price_per_hour": quote.usd_per_hour, "max_trials": cfg.max_trials,
+                    "concurrency": cfg.concurrency, "space": space.source, "config": cfg.source}  # fmt: skip
+    parent = mlflow_store.start_sweep_run(client, cfg.name, sweep_params, {names.TAG_GIT_COMMIT: git_commit()})
+
+    estimate = quote.usd_per_hour * cfg.estimate_trial_seconds / 3600
+    print_start_banner(console, budget_usd, quote, estimate, cfg.max_trials)
+
+    baseline_cost = run_baseline(cfg, base, client, parent, quote) if cfg.baseline else 0.0
+    # The baseline is paid for out of the same budget; trials get what is left.
+    ledger = BudgetLedger(max(budget_usd - baseline_cost, 1e-9), estimate_usd=estimate,
+                          reserve_usd=estimate * 0.15, path=root / "budget.json")  # fmt: skip
+
+    ray_init(cfg)
+    resources = {m: {"CPU": r.cpus, "GPU": r.gpus} for m, r in cfg.resources.items()}
+    trainable_with_resources = tune.with_resources(trainable, lambda config: resources[config.get("method", "lora")])
+    callbacks = [
+        BudgetSync(ledger, cfg.name),
+        MLflowTrialLogger(uri, cfg.name, parent, git_commit()),
+        SweepProgress(console, ledger, baseline_cost=baseline_cost),
+    ]
+    run_config = tune.RunConfig(
+        name=cfg.name,
+        storage_path=str(root.parent),
+        stop=BudgetStopper(ledger, cfg.name),
+        callbacks=callbacks,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=1),  # a lost worker retries from its last checkpoint
+        verbose=0,
+    )
+    tuner_dir = root  # Ray writes its experiment state next to ours, under storage/name
+    if resume and tune.Tuner.can_restore(str(tuner_dir)):
+        tuner = tune.Tuner.restore(
+            str(tuner_dir),
+            trainable_with_resources,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space(cfg, base),
+        )
+    else:
+        searcher = OptunaSearch(
+            space=space.define_by_run,
+            metric="val_quality",
+            mode="max",
+            points_to_evaluate=space.points_to_evaluate(),
+        )
+        search = BudgetSearcher(ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency), ledger, cfg.max_trials)
+        steps = int(base.get("steps", 80))
+        reports = max(1, math.ceil(steps / int(base.get("eval_every", 20))))
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=reports + 1,  # +1: the final report
+            grace_period=cfg.grace_period,
+            reduction_factor=cfg.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable_with_resources,
+            param_space=param_space(cfg, base),
+            tune_config=tune.TuneConfig(
+                metric="val_quality", mode="max", search_alg=search, scheduler=scheduler, num_samples=cfg.max_trials
+            ),
+            run_config=run_config,
+        )
+    grid = None
+    try:
+        grid = tuner.fit()
+    finally:
+        finish(cfg, client, parent, grid, ledger, baseline_cost, root, uri)
+    return 0
+
+
+def trial_base(cfg: sweep_config.SweepConfig) -> dict[str, Any]:
+    """Fixed trial settings with every path made absolute: Ray runs trials in their own folders."""
+    base = copy.deepcopy(cfg.trial)
+    base["cache_dir"] = str(Path(base.get("cache_dir") or ".cache/models").resolve())
+    data = base.setdefault("data", {})
+    from trainers.config import from_dict
+    from trainers.data import lock_path
+
+    data_cfg = from_dict({**base, "method": "lora"}).data
+    data["lock_dir"] = str(lock_path(data_cfg).resolve())
+    source = data.get("source", "builtin:dates")
+    if not source.startswith("builtin:"):
+        data["source"] = str(Path(source).expanduser().resolve())
+    model = base.get("model")
+    if model and Path(model).expanduser().exists():
+        base["model"] = str(Path(model).expanduser().resolve())
+    return base
+
+
+def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any]) -> dict[str, Any]:
+    price = {"price_per_hour": cfg.price_per_hour} if cfg.price_per_hour else {}
+    return {"sweepboard_sweep": cfg.name, "sweepboard_trial": {**base, **price}}
+
+
+def prepare(base: dict[str, Any]) -> None:
+    from trainers import data as data_mod
+    from trainers import model as model_mod
+    from trainers.config import from_dict
+
+    trial = from_dict({**base, "method": "lora"})
+    splits = data_mod.prepare(trial.data)
+    console.print(f"locked test set: {len(splits.test)} examples, sha256 {splits.sha256[:12]}… ({splits.lock_dir})")
+    model_mod.resolve(trial)
+
+
+def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: Any, parent: str, quote: Any) -> float:
+    """The base model, no fine-tuning, evaluated once per sweep (also across resumes)."""
+    from tracking import mlflow_store
+    from trainers import run_trial
+
+    experiment = mlflow_store.ensure_experiment(client, cfg.name)
+    run_id = mlflow_store.find_trial_run(client, experiment, f"{cfg.name}-{BASELINE_ID}")
+    if run_id is not None:
+        run = client.get_run(run_id)
+        if run.data.tags.get(names.TAG_STATUS) == "finished":
+            return float(run.data.metrics.get("cost_usd", 0.0))
+    console.print("baseline: evaluating the base model without fine-tuning on the locked test set…")
+    out = Path(cfg.storage).resolve() / cfg.name / BASELINE_ID
+    settings = {**base, "method": "none", "out": str(out), "price_per_hour": quote.usd_per_hour}
+    run_id = mlflow_store.get_or_create_trial_run(
+        client, experiment, parent, f"{cfg.name}-{BASELINE_ID}", "baseline-none", "baseline",
+        {"method": "none", "model": base.get("model")}, {names.TAG_METHOD: "none", names.TAG_GIT_COMMIT: git_commit()},
+    )  # fmt: skip
+    try:
+        metrics = run_trial(settings)
+    except Exception as exc:
+        mlflow_store.finish_trial_run(client, run_id, {}, "failed", None, f"{type(exc).__name__}: {exc}")
+        raise
+    mlflow_store.finish_trial_run(client, run_id, metrics, "finished", str(out), None)
+    console.print(f"baseline: test quality {metrics['test_quality']:.3f} at ${metrics['cost_usd']:.4f}")
+    return float(metrics["cost_usd"])
+
+
+def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, ledger: Any,
+           baseline_cost: float, root: Path, uri: str) -> None:  # fmt: skip
+    from leaderboard import build, export_all
+    from tracking import mlflow_store
+
+    # Tune's results are the record of what each trial spent (pruned and failed ones included); the
+    # in-process ledger is a fallback when fit() did not return (Ctrl-C).
+    trials_cost = ledger.spent() if grid is None else sum(_cost(r.metrics) for r in grid)
+    spent = trials_cost + baseline_cost
+    out_dir = root / "leaderboard"
+    paths: list[Path] = []
+    try:
+        board = build([cfg.name], uri, None, 0.02)
+        paths = export_all(board.ranked, board.decision, out_dir, board.warnings)
+        from leaderboard import export
+
+        export(board.ranked, board.decision, "table", None, board.warnings)
+    except Exception as exc:  # the sweep's results are in MLflow either way; say why the board is missing
+        console.print(f"[yellow]leaderboard not written: {exc}[/]")
+    mlflow_store.finish_sweep_run(client, parent, {"spent_usd": spent}, [str(p) for p in paths])
+    console.print(f"spent ${spent:.4f} of ${ledger.budget_usd + baseline_cost:.2f}")
+    if paths:
+        console.print(f"leaderboard: {out_dir}/leaderboard.{{csv,json,md,html}}")
+    console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`")
+
+
+def _cost(metrics: dict[str, Any] | None) -> float:
+    value = (metrics or {}).get("cost_usd")
+    return float(value) if isinstance(value, (int, float)) else 0.0
