@@ -1,0 +1,265 @@
+"""tracking.mlflow_store against a real MLflow SQLite store (and a real locked SQLite file)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import math
+import os
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from leaderboard import load_runs
+from tracking import mlflow_store as store
+from tracking.names import (
+    TAG_ERROR,
+    TAG_METHOD,
+    TAG_METRIC,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_SWEEP,
+    TAG_TEST_SHA,
+    TAG_TRIAL_ID,
+)
+
+SHA = "c" * 64
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Creating a store runs MLflow's migrations (seconds); each test gets a copy of one migrated file.
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def client(tmp_path: Path, empty_db: Path) -> MlflowClient:
+    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def trial_run(client: MlflowClient, trial_id: str = "abc_00000", **params: object) -> tuple[str, str, str]:
+    parent = store.start_sweep_run(client, "demo", {"budget_usd": 5.0})
+    experiment_id = store.ensure_experiment(client, "demo")
+    params = params or {"method": "lora", "rank": 16, "target_modules": ["q_proj", "v_proj"], "alpha": None}
+    run_id = store.get_or_create_trial_run(client, experiment_id, parent, trial_id, f"lora-r16-{trial_id}",
+                                           "trial", params, {TAG_SWEEP: "demo", TAG_METHOD: "lora"})
+    return experiment_id, parent, run_id
+
+
+def test_tracking_uri_explicit_then_environment_then_absolute_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store.tracking_uri("sqlite:///sub/x.db") == f"sqlite:///{tmp_path}/sub/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5555")
+    assert store.tracking_uri() == "http://127.0.0.1:5555"
+    assert store.tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+
+
+def test_check_reachable_sqlite(tmp_path):
+    store.check_reachable(f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(ValueError, match=r"missing.*does not exist.*MLFLOW_TRACKING_URI"):
+        store.check_reachable(f"sqlite:///{tmp_path}/missing/mlflow.db")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "ro"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="not writable"):
+            store.check_reachable(f"sqlite:///{locked}/mlflow.db")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_check_reachable_http(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=rf"{uri}.*no MLflow server answers.*mlflow server"):
+        store.check_reachable(uri, timeout_s=1.0)
+    assert time.monotonic() - started < 5
+    # Any HTTP answer (here a 404 from a plain file server) means something listens there.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store.check_reachable(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+
+
+def test_sweep_run_is_reused_not_duplicated(client, caplog):
+    params = {"budget_usd": 5.0, "space": "default.yaml"}
+    first = store.start_sweep_run(client, "demo", params, {TAG_TEST_SHA: SHA})
+    store.finish_sweep_run(client, first, {"spent_usd": 1.0})
+    again = store.start_sweep_run(client, "demo", {"budget_usd": 9.0, "max_trials": 3})
+    assert again == first
+    experiment = client.get_experiment_by_name("demo")
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    run = client.get_run(first)
+    assert run.info.status == "RUNNING" and run.data.tags[TAG_STATUS] == "running"
+    assert run.data.params == {"budget_usd": "5.0", "space": "default.yaml", "max_trials": "3"}
+    assert run.data.tags[TAG_ROLE] == "sweep" and run.data.tags[TAG_TEST_SHA] == SHA
+    assert "budget_usd stays '5.0'" in caplog.text
+
+
+def test_trial_run_found_by_tag_and_reopened(client):
+    experiment_id, parent, run_id = trial_run(client)
+    assert store.find_trial_run(client, experiment_id, "abc_00000") == run_id
+    assert store.find_trial_run(client, experiment_id, "other_00001") is None
+    assert store.find_trial_run(client, experiment_id, "it's") is None  # quoted, not a filter syntax error
+    run = client.get_run(run_id)
+    assert run.info.run_name == "lora-r16-abc_00000"
+    assert run.data.tags[TAG_PARENT] == parent and run.data.tags[TAG_TRIAL_ID] == "abc_00000"
+    assert run.data.tags[TAG_ROLE] == "trial" and run.data.tags[TAG_STATUS] == "running"
+    assert run.data.params == {"method": "lora", "rank": "16", "target_modules": "q_proj,v_proj"}
+
+    store.finish_trial_run(client, run_id, {"cost_usd": 0.2}, "failed", error="Boom")
+    again = store.get_or_create_trial_run(client, experiment_id, parent, "abc_00000", "ignored", "trial",
+                                          {"method": "lora", "rank": 16, "steps": 40})
+    assert again == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags[TAG_STATUS] == "running"
+    assert TAG_ERROR not in run.data.tags  # the earlier attempt's error no longer describes the run
+    assert run.data.params["steps"] == "40"
+    assert len(client.search_runs([experiment_id], f"tags.`{TAG_ROLE}` = 'trial'")) == 1
+    with pytest.raises(ValueError, match="role"):
+        store.get_or_create_trial_run(client, experiment_id, parent, "x", "x", "sweep", {})
+
+
+def test_step_metrics_keep_only_finite_numbers(client):
+    _, _, run_id = trial_run(client)
+    store.log_step_metrics(client, run_id, {"train_loss": 2.5, "val_quality": np.float32(0.25),
+                                            "tokens_trained": np.int64(512), "bad": math.nan, "inf": math.inf,
+                                            "flag": True, "text": "x", "none": None}, step=3)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics == {"train_loss": 2.5, "val_quality": 0.25, "tokens_trained": 512.0}
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [3]
+    store.log_step_metrics(client, run_id, {"text": "only junk"}, step=4)  # nothing to log is no error
+
+
+def test_finish_trial_run_finals_tags_artifacts(client, tmp_path):
+    _, _, run_id = trial_run(client)
+    for step, value in ((10, 0.3), (20, 0.5)):
+        store.log_step_metrics(client, run_id, {"val_quality": value, "cost_usd": step / 100}, step)
+    folder = tmp_path / "checkpoint"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    (folder / "metrics.json").write_text(json.dumps({"test_quality": 0.7}))
+    (folder / "test_predictions.jsonl").write_text('{"expected": "1", "predicted": "1", "score": 1.0}\n')
+    (folder / "optimizer.pt").write_text("not an artifact")
+    final = {"test_quality": 0.7, "val_quality": 0.6, "n_test": 50, "cost_usd": 0.25, "steps_done": 15,
+             "adapter_mb": 1.5, "status": "finished", "test_set_sha256": SHA, "metric": "exact_match",
+             "method": "lora", "phase": "final", "learning_rate": 1e-4}
+    store.finish_trial_run(client, run_id, final, "finished", str(folder))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    # The final value wins over the curve although steps_done (15) is below the curve's last step (20).
+    assert run.data.metrics["val_quality"] == 0.6 and run.data.metrics["cost_usd"] == 0.25
+    assert run.data.metrics["test_quality"] == 0.7 and "learning_rate" not in run.data.metrics
+    assert run.data.tags[TAG_STATUS] == "finished" and run.data.tags[TAG_TEST_SHA] == SHA
+    assert run.data.tags[TAG_METRIC] == "exact_match" and run.data.tags[TAG_METHOD] == "lora"
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == [
+        "adapter", "metrics.json", "test_predictions.jsonl"]
+    assert [a.path for a in client.list_artifacts(run_id, "adapter")] == ["adapter/adapter_config.json"]
+    with pytest.raises(ValueError, match="status: 'running'"):
+        store.finish_trial_run(client, run_id, {}, "running")
+
+
+def test_failed_trial_run_keeps_error_tail(client):
+    _, _, run_id = trial_run(client)
+    error = "Traceback (most recent call last):\n" + "  frame\n" * 3000 + "RuntimeError: CUDA out of memory"
+    store.finish_trial_run(client, run_id, {"cost_usd": 0.05}, "failed", None, error)
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags[TAG_STATUS] == "failed"
+    assert run.data.tags[TAG_ERROR].endswith("RuntimeError: CUDA out of memory")
+    assert run.data.metrics == {"cost_usd": 0.05}
+
+
+def test_finish_sweep_run_logs_totals_and_artifacts(client, tmp_path):
+    parent = store.start_sweep_run(client, "demo", {})
+    (tmp_path / "leaderboard.csv").write_text("a,b\n")
+    (tmp_path / "board").mkdir()
+    (tmp_path / "board" / "index.html").write_text("<html/>")
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        store.finish_sweep_run(client, parent, {}, [tmp_path / "nope.csv"])
+    store.finish_sweep_run(client, parent, {"spent_usd": 4.5, "trials_done": 7},
+                           [tmp_path / "leaderboard.csv", str(tmp_path / "board")])
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_STATUS] == "finished"
+    assert run.data.metrics == {"spent_usd": 4.5, "trials_done": 7.0}
+    assert sorted(a.path for a in client.list_artifacts(parent)) == ["board", "leaderboard.csv"]
+
+
+def test_leaderboard_reads_what_the_store_writes(client, tmp_path):
+    _, _, run_id = trial_run(client, method="lora", rank=16, alpha=32, learning_rate=2e-4,
+                             target_modules=["q_proj", "k_proj"])
+    store.finish_trial_run(client, run_id, {"test_quality": 0.8, "n_test": 20, "cost_usd": 0.4,
+                                            "test_set_sha256": SHA, "metric": "exact_match"}, "finished")
+    df, _ = load_runs(["demo"], tracking_uri=client.tracking_uri)
+    row = df.iloc[0]
+    assert len(df) == 1 and row["trial_id"] == "abc_00000" and row["status"] == "finished"
+    assert (row["rank"], row["alpha"], row["learning_rate"]) == (16, 32, 2e-4)
+    assert row["target_modules"] == "q_proj,k_proj" and row["test_quality"] == 0.8 and row["cost_usd"] == 0.4
+
+
+def test_retry_only_transient_errors(monkeypatch):
+    monkeypatch.setattr(store, "RETRY_DELAYS", (0.0, 0.0))
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert store.retry(flaky, "flaky") == "ok" and len(calls) == 3
+    calls.clear()
+
+    def locked() -> None:
+        calls.append(1)
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    with pytest.raises(MlflowException, match="locked"):
+        store.retry(locked, "always locked")
+    assert len(calls) == 3  # the first attempt and one per delay, then it gives up
+    calls.clear()
+
+    def broken() -> None:
+        calls.append(1)
+        raise MlflowException("Run 'x503' not found")
+
+    with pytest.raises(MlflowException, match="not found"):
+        store.retry(broken, "broken")
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_retry_survives_a_really_locked_sqlite_file(client, tmp_path, monkeypatch):
+    """Another process holds the database past MLflow's own 20 s wait; the write goes through afterwards."""
+    monkeypatch.setattr(store, "RETRY_DELAYS", (0.5, 0.5))
+    _, _, run_id = trial_run(client)
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(21.0, holder.rollback)
+    release.start()
+    started = time.monotonic()
+    try:
+        store.log_step_metrics(client, run_id, {"train_loss": 1.0}, step=1)
+    finally:
+        release.join()
+        holder.close()
+    assert time.monotonic() - started > 20  # it really was locked, then retried
+    assert client.get_run(run_id).data.metrics == {"train_loss": 1.0}
