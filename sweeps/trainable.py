@@ -42,6 +42,10 @@ def trainable(config: dict[str, Any]) -> None:
             shutil.rmtree(out / "checkpoint", ignore_errors=True)
             shutil.copytree(source, out / "checkpoint")
     settings["out"] = str(out)
+    # One torch thread per CPU Ray gave the trial: more threads than cores makes OpenMP threads spin against
+    # each other (measured here: a 2-thread matmul ran ~10x slower with a second busy process).
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    settings["threads"] = max(1, int(cpus))
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> bool:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
