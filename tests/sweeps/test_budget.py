@@ -1,0 +1,326 @@
+"""The budget ledger, admission and stop signal, against a real Ray Tune run of priced toy trials.
+
+Trials keep a simulated clock (STEP_S seconds per step at a given price) so costs are exact and the
+checks do not depend on how fast this machine is; they only sleep briefly to interleave like real ones.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.search_generator import SearchGenerator
+
+from sweeps.budget import (
+    BudgetError,
+    BudgetLedger,
+    BudgetSearcher,
+    BudgetStopper,
+    BudgetSync,
+    check_affordable,
+    open_budget_signal,
+    trial_should_stop,
+    usd,
+    validate_budget,
+)
+from tracking.prices import PriceQuote
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 10  # training steps of a trial that is not stopped
+STEP_S = 10.0  # simulated seconds per step (and for the final evaluation)
+CONCURRENT = 2
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Any:
+    # Workers import this module by name to unpickle the trainable, hence the test folder on their path.
+    path = f"{REPO}:{Path(__file__).parent}"
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
+def step_cost(usd_per_hour: float) -> float:
+    return usd_per_hour * STEP_S / 3600
+
+
+def space(trial: Any) -> None:
+    """Define-by-run, like the project's search space."""
+    trial.suggest_float("x", 0.0, 1.0)
+
+
+def priced_trial(config: dict[str, Any], usd_per_hour: float, sweep: str, obey: bool = True) -> None:
+    """Shaped like the real trial wrapper: report, poll the stop signal, evaluate, final report."""
+    seconds = 0.0
+    for step in range(1, STEPS + 1):
+        time.sleep(0.02)
+        seconds += STEP_S
+        tune.report(metrics(step, seconds, usd_per_hour, config["x"], "train"))
+        if obey and trial_should_stop(sweep):
+            break
+    seconds += STEP_S  # the final test evaluation
+    tune.report(metrics(step, seconds, usd_per_hour, config["x"], "final"))
+
+
+def metrics(step: int, seconds: float, usd_per_hour: float, x: float, phase: str) -> dict[str, Any]:
+    return {
+        "step": step, "train_loss": 1.0 / step, "val_quality": x * step / STEPS, "tokens_trained": 64 * step,
+        "elapsed_seconds": seconds, "cost_usd": seconds * usd_per_hour / 3600, "phase": phase,
+    }
+
+
+def run_sweep(
+    ledger: BudgetLedger, usd_per_hour: float, max_trials: int, tmp_path: Path, obey: bool = True,
+    callbacks: list[Any] | None = None,
+) -> tuple[tune.ResultGrid, BudgetSearcher, str]:
+    sweep = f"t-{uuid.uuid4().hex[:8]}"
+    optuna = OptunaSearch(space, metric="val_quality", mode="max", seed=0)
+    searcher = BudgetSearcher(ConcurrencyLimiter(optuna, max_concurrent=CONCURRENT), ledger, max_trials)
+    tuner = tune.Tuner(
+        tune.with_parameters(priced_trial, usd_per_hour=usd_per_hour, sweep=sweep, obey=obey),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max_trials, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=sweep, storage_path=str(tmp_path), verbose=0,
+            stop=BudgetStopper(ledger, sweep), callbacks=[BudgetSync(ledger, sweep), *(callbacks or [])],
+        ),
+    )
+    return tuner.fit(), searcher, sweep
+
+
+def rows(results: tune.ResultGrid) -> list[dict[str, Any]]:
+    """Each trial's last reported metrics."""
+    return [results[i].metrics or {} for i in range(len(results))]
+
+
+def last_costs(results: tune.ResultGrid) -> list[float]:
+    return [r["cost_usd"] for r in rows(results)]
+
+
+@pytest.mark.parametrize(
+    ("usd_per_hour", "estimate_steps"),
+    [(3.6, STEPS + 1), (9.0, STEPS + 1), (20.0, STEPS + 1), (20.0, 2)],
+    ids=["cheap", "mid", "dear", "underestimated"],  # 9 (max 6), 3 and 1 trials' worth; a low estimate
+)
+def test_budget_never_exceeded(
+    ray_session: Any, tmp_path: Path, usd_per_hour: float, estimate_steps: int
+) -> None:
+    c = step_cost(usd_per_hour)
+    ledger = BudgetLedger(1.0, estimate_usd=estimate_steps * c, reserve_usd=c)
+    results, _, _ = run_sweep(ledger, usd_per_hour, max_trials=6, tmp_path=tmp_path)
+    assert not results.errors
+    assert ledger.spent() <= 1.0 + CONCURRENT * c  # tolerance: one report interval per running trial
+    assert ledger.spent() == pytest.approx(sum(last_costs(results)), abs=1e-12)
+    assert all(r["phase"] == "final" for r in rows(results))  # stopped trials still evaluated
+    assert not ledger.running()
+
+
+def test_underestimate_stops_training_and_trials_still_evaluate(ray_session: Any, tmp_path: Path) -> None:
+    c = step_cost(9.0)
+    # Both first trials are admitted on a 3-step estimate; together they would cost 0.55.
+    ledger = BudgetLedger(0.4, estimate_usd=3 * c, reserve_usd=c)
+    results, _, _ = run_sweep(ledger, 9.0, max_trials=6, tmp_path=tmp_path)
+    assert ledger.stop_requested and len(results) == 2
+    assert ledger.spent() <= 0.4 + CONCURRENT * c
+    stopped = [r for r in rows(results) if r["step"] < STEPS]
+    assert stopped, "the signal should have cut some trial's training short"
+    assert all(r["phase"] == "final" for r in stopped)
+
+
+def test_admission_stops_new_trials(ray_session: Any, tmp_path: Path) -> None:
+    c = step_cost(9.0)
+    trial = (STEPS + 1) * c
+    ledger = BudgetLedger(3.5 * trial, estimate_usd=trial, reserve_usd=c)
+    results, searcher, _ = run_sweep(ledger, 9.0, max_trials=10, tmp_path=tmp_path)
+    assert len(results) == 3  # 3.5 trials' worth of money, each projected at its exact cost
+    assert not ledger.stop_requested  # admission alone kept it in budget
+    assert ledger.spent() == pytest.approx(3 * trial)
+    assert "exceeds what remains" in searcher.why_waiting
+
+
+def test_backstop_stops_trials_that_ignore_the_signal(ray_session: Any, tmp_path: Path) -> None:
+    c = step_cost(9.0)
+    ledger = BudgetLedger(0.5, estimate_usd=2 * c, reserve_usd=c)
+    results, _, _ = run_sweep(ledger, 9.0, max_trials=6, tmp_path=tmp_path, obey=False)
+    assert ledger.exhausted()
+    assert ledger.spent() <= 0.5 + CONCURRENT * c
+    assert any(r["phase"] == "train" for r in rows(results))  # cut off by stop_all, not finished
+
+
+class FailOnce(tune.Callback):
+    """Interrupts the driver once after the first trial completes, while the flag file exists."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+        self.completed = 0
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.completed += 1
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self.completed and self.flag.exists():
+            self.flag.unlink()
+            raise RuntimeError("injected driver failure")
+
+
+def interrupted_sweep(tmp_path: Path, ledger_file: Path | None) -> tuple[Path, float, float]:
+    """A sweep worth 3.5 trials, interrupted after its first trial: (experiment folder, trial cost, c)."""
+    c = step_cost(9.0)
+    trial = (STEPS + 1) * c
+    flag = tmp_path / "armed"
+    flag.touch()
+    ledger = BudgetLedger(3.5 * trial, estimate_usd=trial, reserve_usd=c, path=ledger_file)
+    with pytest.raises(Exception, match="injected driver failure"):
+        run_sweep(ledger, 9.0, max_trials=10, tmp_path=tmp_path, callbacks=[FailOnce(flag)])
+    (experiment,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    return experiment, trial, c
+
+
+def resume(experiment: Path) -> tune.ResultGrid:
+    assert tune.Tuner.can_restore(str(experiment))
+    trainable = tune.with_parameters(priced_trial, usd_per_hour=9.0, sweep=experiment.name)
+    return tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True).fit()
+
+
+def test_tuner_restore_brings_the_ledger_back_in_the_searcher_state(
+    ray_session: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # Tune saves its state every step: no lag
+    experiment, trial, c = interrupted_sweep(tmp_path, ledger_file=None)
+
+    # Ray's own restore path (SearchGenerator -> wrapper.set_state) hands a fresh searcher the ledger.
+    fresh = BudgetLedger(99.0, estimate_usd=1.0)
+    generator = SearchGenerator(BudgetSearcher(OptunaSearch(metric="val_quality", mode="max"), fresh))
+    generator.restore_from_dir(str(experiment))
+    assert fresh.budget_usd == pytest.approx(3.5 * trial) and fresh.spent() >= trial
+
+    results = resume(experiment)
+    # A lost ledger would admit 3 more trials after the restore; the restored one keeps the sweep at 3.
+    assert len(results) == 3 and not results.errors
+    assert sum(last_costs(results)) <= 3.5 * trial + CONCURRENT * c
+
+
+def test_ledger_file_covers_what_tunes_lagging_checkpoint_missed(ray_session: Any, tmp_path: Path) -> None:
+    # Tune's default checkpoint period lags the failure; the ledger file, saved on every finished
+    # trial, still knows the money spent, including by trials Tune's state does not know about.
+    experiment, trial, c = interrupted_sweep(tmp_path, ledger_file=tmp_path / "budget.json")
+    before = BudgetLedger.load(tmp_path / "budget.json")
+    assert before.spent() >= trial
+    results = resume(experiment)
+    after = BudgetLedger.load(tmp_path / "budget.json")
+    assert not after.running() and len(after.trials) <= 3
+    # Trials Tune re-ran from its stale state paid twice; the ledger kept the lost attempts (`carried`)
+    # and admitted fewer new trials for it.
+    assert after.spent() >= sum(last_costs(results)) - 1e-12
+    assert after.spent() <= after.budget_usd + CONCURRENT * c
+
+
+def test_ledger_round_trip_and_accounting(tmp_path: Path) -> None:
+    ledger = BudgetLedger(10.0, estimate_usd=2.0, reserve_usd=0.5, path=tmp_path / "ledger.json")
+    ledger.record("a", 1.0)
+    ledger.record("a", 1.5, finished=True, final=True)
+    ledger.record("a", 1.5, finished=True, final=True)  # seen again by another hook: no double count
+    ledger.record("b", 0.7)
+    ledger.record("b", 0.2)  # restarted attempt reports from a lower count: the 0.7 stays spent
+    assert ledger.spent() == pytest.approx(1.5 + 0.9)
+    assert ledger.projected_trial_cost() == pytest.approx(1.5)  # the only complete trial
+    assert ledger.running() == ["b"]
+    assert ledger.remaining() == pytest.approx(10.0 - 2.4 - max(1.5 - 0.9, 0.5))
+    ledger.save()
+    loaded = BudgetLedger.load(tmp_path / "ledger.json")
+    assert loaded.to_dict() == ledger.to_dict()
+    assert not list(tmp_path.glob(".ledger.json.*"))  # no temp file left behind
+
+
+def test_admits_and_stop_thresholds() -> None:
+    ledger = BudgetLedger(1.0, estimate_usd=0.4, reserve_usd=0.1)
+    ledger.open("a")
+    ledger.open("b")
+    fits, why = ledger.admits()  # 1.0 - 2 x 0.4 held for the running = 0.2 < 0.4
+    assert not fits and "exceeds what remains $0.20" in why
+    for cost in (0.1, 0.2, 0.3):
+        ledger.record("a", cost)
+    ledger.record("b", 0.1)
+    ledger.record("b", 0.2)
+    # spent 0.5 + per running trial one report interval (0.1) and one evaluation (0.1) = 0.9
+    assert not ledger.training_must_stop()
+    ledger.record("a", 0.4)
+    assert ledger.training_must_stop() and not ledger.exhausted()  # 0.6 + 0.4 = 1.0
+    ledger.record("a", 0.8)
+    assert ledger.exhausted()
+
+
+def test_restore_merges_the_newer_file(tmp_path: Path) -> None:
+    ledger = BudgetLedger(5.0, estimate_usd=1.0, path=tmp_path / "b.json")
+    ledger.record("a", 1.0, finished=True, final=True)
+    ledger.record("b", 0.5)
+    older = ledger.to_dict()
+    ledger.record("b", 0.9, finished=True, final=True)
+    ledger.record("c", 0.3)
+    ledger.save()
+    restored = BudgetLedger(5.0, estimate_usd=1.0, path=tmp_path / "b.json")
+    restored.restore(older)
+    assert restored.spent() == pytest.approx(2.2) and set(restored.trials) == {"a", "b", "c"}
+
+    class Trial:  # what Ray's restored Trial objects offer to the ledger
+        def __init__(self, trial_id: str, status: str, last_result: dict[str, Any]) -> None:
+            self.trial_id, self.status, self.last_result = trial_id, status, last_result
+
+    restored.rebuild_from_trials([Trial("a", "TERMINATED", {"cost_usd": 1.0, "phase": "final"}),
+                                  Trial("b", "PENDING", {"cost_usd": 0.5})])  # fmt: skip
+    assert restored.spent() == pytest.approx(2.2)  # Tune's older costs do not lower the ledger
+    assert restored.running() == ["b"]  # Tune runs b again; c (unknown to Tune) never will
+
+
+def test_budget_searcher_finishes_when_nothing_fits_and_nothing_runs() -> None:
+    ledger = BudgetLedger(1.0, estimate_usd=0.6)
+    searcher = BudgetSearcher(OptunaSearch(space, metric="val_quality", mode="max"), ledger)
+    assert isinstance(searcher.suggest("t1"), dict)
+    assert searcher.suggest("t2") is None  # t1 holds 0.6 of 1.0: wait for it
+    searcher.on_trial_complete("t1", {"cost_usd": 0.6, "val_quality": 0.5, "phase": "final"})
+    assert searcher.suggest("t3") == Searcher.FINISHED
+    assert BudgetSearcher(searcher.searcher, BudgetLedger(9.0, 0.1), max_trials=1).suggest("t4") is not None
+
+
+def test_trial_should_stop_follows_the_signal(ray_session: Any) -> None:
+    sweep = f"t-{uuid.uuid4().hex[:8]}"
+    assert trial_should_stop(sweep) is False  # absent actor
+    signal = open_budget_signal(sweep)
+    assert trial_should_stop(f"{sweep}-other") is False
+    ray.get(signal.request_stop.remote())
+    fresh = f"{sweep}"
+    from sweeps import budget
+
+    budget._ABSENT_UNTIL.pop(fresh, None)  # the negative lookup is cached on purpose; skip the wait
+    assert trial_should_stop(fresh) is True
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(None, "required"), ("", "required"), ("-3", "'-3'"), (0, "'0'"), ("abc", "'abc'"),
+     (math.nan, "'nan'"), (math.inf, "'inf'"), (True, "'True'"), ([30], "'[30]'")],
+)
+def test_bad_budgets_are_named_with_the_fix(value: object, shown: str) -> None:
+    with pytest.raises(BudgetError, match="--budget") as err:
+        validate_budget(value)
+    assert shown in str(err.value) and "--budget 30" in str(err.value)
+
+
+def test_good_budgets_and_affordability() -> None:
+    assert validate_budget("30") == 30.0 and validate_budget(2) == 2.0
+    assert validate_budget(" $1,200.5 ") == 1200.5
+    quote = PriceQuote(0.09, "catalog", "cpu", "2026-05", cpus=2)
+    with pytest.raises(BudgetError) as err:
+        check_affordable(0.01, 0.05, quote)
+    assert str(err.value) == (
+        "budget $0.01 is below one trial's projected cost $0.05 at $0.09/h: raise --budget or lower steps"
+    )
+    check_affordable(0.05, 0.05, quote)
+    assert usd(0.0075) == "$0.0075" and usd(30) == "$30.00" and usd(0) == "$0.00"
