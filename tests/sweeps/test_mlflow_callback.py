@@ -1,0 +1,324 @@
+"""MLflowTrialLogger with a real Ray Tune and a real MLflow: a SQLite file, and `mlflow server` over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from sweeps.mlflow_callback import MLflowTrialLogger, run_name, trial_params
+from tracking import mlflow_store as store
+from tracking.names import (
+    TAG_ERROR,
+    TAG_GIT_COMMIT,
+    TAG_METHOD,
+    TAG_METRIC,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_SWEEP,
+    TAG_TEST_SHA,
+    TAG_TRIAL_ID,
+)
+
+SHA = "d" * 64
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+LORA = {"method": "lora", "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"],
+        "lora_dropout": 0.05, "learning_rate": 2e-4, "lora.rank": 8, "steps": 3}
+FULL = {"method": "full", "rank": None, "alpha": None, "learning_rate": 1e-5, "steps": 3}
+BASELINE = {"method": "none", "steps": 0}
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """A trial shaped like trainers' run_trial under Tune: step reports with checkpoints, then one final."""
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            start = json.loads(Path(folder, "state.json").read_text())["step"]
+    # Keys one config of a grid lacks arrive as None (see _grid).
+    steps, quality = int(config["steps"]), float(config.get("quality") or 0.5)
+    for step in range(start + 1, steps + 1):
+        time.sleep(float(config.get("sleep") or 0.0))
+        if config.get("fail_at") == step:
+            raise RuntimeError(f"boom at step {step}")
+        metrics = {"step": step, "train_loss": 2.0 / step, "val_quality": quality * step / steps,
+                   "tokens_trained": 64 * step, "cost_usd": 0.01 * step, "learning_rate": 1e-4}
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, "state.json").write_text(json.dumps({"step": step}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    final = {"phase": "final", "step": steps, "test_quality": quality, "val_quality": quality, "n_test": 20,
+             "cost_usd": 0.01 * steps + 0.005, "device_hours": 0.1, "wall_seconds": 1.5,
+             "tokens_per_second": 99.0, "peak_memory_mb": 300.0, "trainable_params": 1000,
+             "total_params": 10_000, "adapter_mb": 0.5,
+             "steps_done": steps, "status": "finished", "test_set_sha256": SHA, "metric": "exact_match",
+             "method": config["method"]}
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "state.json").write_text(json.dumps({"step": steps}))
+        Path(folder, "metrics.json").write_text(json.dumps(final))
+        Path(folder, "test_predictions.jsonl").write_text(json.dumps({"expected": "1", "score": 1.0}) + "\n")
+        if config["method"] in ("lora", "qlora"):
+            Path(folder, "adapter").mkdir()
+            Path(folder, "adapter", "adapter_config.json").write_text("{}")
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+class Recorder(tune.Callback):
+    """Writes what Tune tells callbacks to a file, so a restored Tuner's (unpickled) copy appends to it."""
+
+    def __init__(self, path: Path, interrupt_when_reporting: int = 0) -> None:
+        # Interrupt the sweep once this many trials have reported twice each (0: never).
+        self.path, self.interrupt_when_reporting = path, interrupt_when_reporting
+        self.results: dict[str, int] = {}
+
+    def _write(self, **event: Any) -> None:
+        with self.path.open("a") as out:
+            out.write(json.dumps({**event, "callback": id(self)}) + "\n")
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(event="start", trial=trial.trial_id, checkpoint=bool(trial.checkpoint),
+                    last_step=(trial.last_result or {}).get("step"))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        checkpoint = trial.checkpoint.path if trial.checkpoint else None
+        self._write(event="complete", trial=trial.trial_id, checkpoint=checkpoint)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.results[trial.trial_id] = self.results.get(trial.trial_id, 0) + 1
+        reporting = sum(n >= 2 for n in self.results.values())
+        marker = self.path.with_suffix(".interrupted")
+        if 0 < self.interrupt_when_reporting <= reporting and not marker.exists():
+            marker.touch()  # the restored copy of this callback must not interrupt again
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own "stop and save" signal, as Ctrl+C is
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster() -> Iterator[None]:
+    # Workers import this module to unpickle `trainable`.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": f"{REPO}:{HERE}"}})
+    yield
+    ray.shutdown()
+
+
+def tuner(tmp_path: Path, space: dict[str, Any], callbacks: list[tune.Callback],
+          **tune_config: Any) -> tune.Tuner:
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(**{"reuse_actors": True, "max_concurrent_trials": 2, **tune_config}),
+        run_config=tune.RunConfig(name="demo", storage_path=str(tmp_path / "ray"), callbacks=callbacks,
+                                  verbose=0),
+    )
+
+
+def grid(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One trial per config, keys at the top level of trial.config (a grid over whole dicts nests them).
+
+    Not for a restored sweep unless param_space= is passed to Tuner.restore again: tuner.pkl keeps only
+    placeholders for functions, and trials created after the restore get those as config values.
+    """
+    keys = sorted({key for config in configs for key in config})
+    table = {key: [config.get(key) for config in configs] for key in keys}
+
+    def pick(key: str) -> Any:
+        return tune.sample_from(lambda spec: table[key][spec["config"]["i"]])
+
+    return {"i": tune.grid_search(list(range(len(configs)))), **{key: pick(key) for key in keys}}
+
+
+def sweep(tmp_path: Path, uri: str) -> tuple[MlflowClient, str, MLflowTrialLogger]:
+    client = MlflowClient(tracking_uri=uri)
+    parent = store.start_sweep_run(client, "demo", {"budget_usd": 1.0}, {TAG_TEST_SHA: SHA})
+    return client, parent, MLflowTrialLogger(uri, "demo", parent, "feedc0de", {TAG_TEST_SHA: SHA})
+
+
+def trial_runs(client: MlflowClient) -> dict[str, Run]:
+    """Trial and baseline runs by trial id; fails if any trial id has two runs."""
+    experiment_id = store.ensure_experiment(client, "demo")
+    runs = [r for r in client.search_runs([experiment_id]) if r.data.tags[TAG_ROLE] != "sweep"]
+    by_trial = {r.data.tags[TAG_TRIAL_ID]: r for r in runs}
+    assert len(by_trial) == len(runs), "a trial has more than one MLflow run"
+    return by_trial
+
+
+def steps_of(client: MlflowClient, run: Run, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+
+
+def test_one_run_per_trial_with_params_curves_finals_and_failures(tmp_path):
+    client, parent, logger = sweep(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    configs: list[dict[str, Any]] = [LORA, FULL, BASELINE, {**LORA, "rank": 16, "fail_at": 2}]
+    results = tuner(tmp_path, grid(configs), [logger]).fit()
+    runs = trial_runs(client)
+    finals = [results[n] for n in range(len(results))]
+    by_index = {(r.config or {})["i"]: runs[(r.metrics or {})["trial_id"]] for r in finals}
+    assert len(runs) == 4 == len(by_index)
+
+    lora, full, baseline, failed = (by_index[i] for i in range(4))
+    assert lora.info.run_name == f"lora-r8-{lora.data.tags[TAG_TRIAL_ID]}"
+    assert full.info.run_name.startswith("full-lr1e-05-")
+    # Plain keys only: not Optuna's "lora.rank" copy, not unset (None) adapter settings of full fine-tuning.
+    assert lora.data.params == {"method": "lora", "rank": "8", "alpha": "16", "lora_dropout": "0.05",
+                                "target_modules": "q_proj,v_proj", "learning_rate": "0.0002", "steps": "3"}
+    assert full.data.params == {"method": "full", "learning_rate": "1e-05", "steps": "3"}
+    for run, steps in ((lora, 3), (full, 3), (baseline, 0)):
+        tags = run.data.tags
+        assert run.info.status == "FINISHED" and tags[TAG_STATUS] == "finished"
+        assert tags[TAG_PARENT] == parent and tags[TAG_SWEEP] == "demo" and tags[TAG_GIT_COMMIT] == "feedc0de"
+        assert tags[TAG_TEST_SHA] == SHA and tags[TAG_METRIC] == "exact_match"
+        assert run.data.metrics["test_quality"] == 0.5
+        assert run.data.metrics["cost_usd"] == pytest.approx(0.01 * steps + 0.005)  # the final, not the curve
+    assert lora.data.tags[TAG_ROLE] == "trial" and baseline.data.tags[TAG_ROLE] == "baseline"
+    assert baseline.data.tags[TAG_METHOD] == "none" and baseline.info.run_name.startswith("baseline-")
+    assert steps_of(client, lora, "train_loss") == [1, 2, 3]
+    assert steps_of(client, lora, "val_quality") == [1, 2, 3, 3, 3]  # curve, final report, final metric
+    assert "learning_rate" not in lora.data.metrics  # not a curve
+    artifacts = {a.path for a in client.list_artifacts(lora.info.run_id)}
+    assert artifacts == {"metrics.json", "test_predictions.jsonl", "adapter"}
+    artifacts = {a.path for a in client.list_artifacts(full.info.run_id)}
+    assert artifacts == {"metrics.json", "test_predictions.jsonl"}
+
+    assert failed.info.status == "FAILED" and failed.data.tags[TAG_STATUS] == "failed"
+    assert "RuntimeError: boom at step 2" in failed.data.tags[TAG_ERROR]
+    assert failed.data.metrics["cost_usd"] == pytest.approx(0.01)  # what it spent until it failed
+    assert "test_quality" not in failed.data.metrics
+
+
+def test_asha_stopped_trials_are_pruned_with_their_cost(tmp_path):
+    client, _, logger = sweep(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # One at a time, best first: every later trial is below the rung cutoff at its first report.
+    configs = [{**LORA, "steps": 4, "quality": q} for q in (0.9, 0.2, 0.1)]
+    # max_t beyond the last step: ASHA stops a trial whose step reaches max_t, before its final report.
+    asha = ASHAScheduler(metric="val_quality", mode="max", time_attr="step", max_t=5, grace_period=1,
+                         reduction_factor=2)
+    tuner(tmp_path, grid(configs), [logger], scheduler=asha, max_concurrent_trials=1).fit()
+    runs = sorted(trial_runs(client).values(), key=lambda r: r.info.start_time)
+    assert [r.data.tags[TAG_STATUS] for r in runs] == ["finished", "pruned", "pruned"]
+    for run in runs[1:]:
+        assert run.info.status == "FINISHED" and "test_quality" not in run.data.metrics
+        last_step = max(steps_of(client, run, "train_loss"))
+        assert last_step < 4 and run.data.metrics["cost_usd"] == pytest.approx(0.01 * last_step)
+        assert not client.list_artifacts(run.info.run_id)
+
+
+def test_restored_sweep_logs_into_the_same_runs(tmp_path):
+    client, _, logger = sweep(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    recorder = Recorder(tmp_path / "events.jsonl", interrupt_when_reporting=2)
+    space = {**LORA, "steps": 6, "sleep": 0.4, "quality": tune.grid_search([0.5, 0.6, 0.7])}
+    results = tuner(tmp_path, space, [logger, recorder]).fit()
+    assert (tmp_path / "events.jsonl").with_suffix(".interrupted").exists()
+    before = trial_runs(client)
+    assert len(before) == 2  # the two trials that had started; the third was still pending
+    for run in before.values():
+        assert run.info.status == "KILLED" and run.data.tags[TAG_STATUS] == "stopped"
+    assert all((results[n].metrics or {}).get("phase") != "final" for n in range(len(results)))
+
+    path = str(tmp_path / "ray" / "demo")
+    assert tune.Tuner.can_restore(path)
+    restored = tune.Tuner.restore(path, trainable, resume_unfinished=True).fit()
+    assert not restored.errors
+    after = trial_runs(client)
+    assert len(after) == 3 and set(before) <= set(after)
+    for trial_id, run in after.items():
+        assert run.info.status == "FINISHED" and run.data.tags[TAG_STATUS] == "finished"
+        assert set(steps_of(client, run, "train_loss")) == {1, 2, 3, 4, 5, 6}
+        if trial_id in before:
+            assert run.info.run_id == before[trial_id].info.run_id
+
+    # What Ray did, as seen by a callback: the restored Tuner brings back its own unpickled copy, calls
+    # on_trial_start again for each resumed trial, with the checkpoint and last result it had saved.
+    events = recorder.events()
+    first_copy = events[0]["callback"]
+    starts = [e for e in events if e["event"] == "start"]
+    resumed = [e for e in starts if e["callback"] != first_copy and e["trial"] in before]
+    assert {e["trial"] for e in resumed} == set(before)
+    assert all(e["checkpoint"] and e["last_step"] for e in resumed)
+    completes = [e for e in events if e["event"] == "complete"]
+    assert len(completes) == 3
+    assert all(Path(e["checkpoint"]).name.startswith("checkpoint_") for e in completes)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", str(tmp_path / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    output = (tmp_path / "server.log").read_text()[-3000:]
+                    pytest.fail(f"mlflow server did not start:\n{output}")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server's own process group: it and its workers
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_concurrent_trials_through_an_mlflow_server(tmp_path, mlflow_server):
+    store.check_reachable(mlflow_server)
+    client, parent, logger = sweep(tmp_path, mlflow_server)
+    configs: list[dict[str, Any]] = [{**LORA, "steps": 5, "sleep": 0.2}, {**FULL, "steps": 5, "sleep": 0.2}]
+    results = tuner(tmp_path, grid(configs), [logger], max_concurrent_trials=2).fit()
+    assert not results.errors
+    runs = trial_runs(client)
+    assert len(runs) == 2
+    for run in runs.values():
+        assert run.info.status == "FINISHED" and run.data.tags[TAG_PARENT] == parent
+        assert steps_of(client, run, "train_loss") == [1, 2, 3, 4, 5]
+        assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_params_and_names_from_a_config():
+    config = {**LORA, "lora.alpha": 16, "steps": 40, "batch_size": 8, "seed": 3}
+    assert trial_params(config) == {"method": "lora", "rank": 8, "alpha": 16, "lora_dropout": 0.05,
+                                    "target_modules": ["q_proj", "v_proj"], "learning_rate": 2e-4,
+                                    "steps": 40, "batch_size": 8}
+    assert trial_params(FULL) == {"method": "full", "learning_rate": 1e-5, "steps": 3}
+    assert run_name(LORA, "t1") == "lora-r8-t1" and run_name(FULL, "t2") == "full-lr1e-05-t2"
+    assert run_name(BASELINE, "t3") == "baseline-t3" and run_name({}, "t4") == "trial-t4"
