@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +80,14 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
             space=space.define_by_run,
             metric="val_quality",
             mode="max",
-            points_to_evaluate=space.points_to_evaluate(),
+            points_to_evaluate=first_points(space),
         )
         search = BudgetSearcher(ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency), ledger, cfg.max_trials)
         steps = int(base.get("steps", 80))
         reports = max(1, math.ceil(steps / int(base.get("eval_every", 20))))
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
-            max_t=reports + 1,  # +1: the final report
+            max_t=reports + 2,  # past the final report: ASHA stops a trial when it reaches max_t
             grace_period=cfg.grace_period,
             reduction_factor=cfg.reduction_factor,
         )
@@ -94,7 +95,12 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
             trainable_with_resources,
             param_space=param_space(cfg, base),
             tune_config=tune.TuneConfig(
-                metric="val_quality", mode="max", search_alg=search, scheduler=scheduler, num_samples=cfg.max_trials
+                metric="val_quality",
+                mode="max",
+                search_alg=search,
+                scheduler=scheduler,
+                num_samples=cfg.max_trials,
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=run_config,
         )
@@ -106,10 +112,32 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     return 0
 
 
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"  # Ray's default name spells out the config and runs past 200 chars
+
+
+def first_points(space: Any) -> list[dict[str, Any]]:
+    """The production default first, then the same settings under each other method (full fine-tuning at
+    1e-5, the guides' usual rate), so a short sweep measures every method before TPE takes over."""
+    points = list(space.points_to_evaluate())
+    default = dict(space.default or {})
+    for method in space.method_names:
+        if not default or method == default.get("method"):
+            continue
+        if method == "full":
+            candidate = {"method": "full", "learning_rate": 1e-5}
+        else:
+            candidate = {**default, "method": method}
+        if not space.check_point(candidate):
+            points.append(space.search_params(candidate))
+    return points
+
+
 def trial_base(cfg: sweep_config.SweepConfig) -> dict[str, Any]:
     """Fixed trial settings with every path made absolute: Ray runs trials in their own folders."""
     base = copy.deepcopy(cfg.trial)
-    base["cache_dir"] = str(Path(base.get("cache_dir") or ".cache/models").resolve())
+    cache_root = Path(os.environ.get("SWEEPBOARD_CACHE", ".cache"))
+    base["cache_dir"] = str(Path(base.get("cache_dir") or cache_root / "models").resolve())
     data = base.setdefault("data", {})
     from trainers.config import from_dict
     from trainers.data import lock_path
@@ -157,7 +185,8 @@ def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: An
     settings = {**base, "method": "none", "out": str(out), "price_per_hour": quote.usd_per_hour}
     run_id = mlflow_store.get_or_create_trial_run(
         client, experiment, parent, f"{cfg.name}-{BASELINE_ID}", "baseline-none", "baseline",
-        {"method": "none", "model": base.get("model")}, {names.TAG_METHOD: "none", names.TAG_GIT_COMMIT: git_commit()},
+        {"method": "none", "model": base.get("model")},
+        {names.TAG_SWEEP: cfg.name, names.TAG_METHOD: "none", names.TAG_GIT_COMMIT: git_commit()},
     )  # fmt: skip
     try:
         metrics = run_trial(settings)

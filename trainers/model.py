@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ class ModelError(ValueError):
 
 def resolve(cfg: TrialConfig) -> str:
     """A local folder (or hub id) that `from_pretrained` can load."""
-    cache = Path(cfg.cache_dir or Path(".cache") / "models")
+    cache = Path(cfg.cache_dir or Path(os.environ.get("SWEEPBOARD_CACHE", ".cache")) / "models")
     if cfg.model == DEFAULT_MODEL:
         return str(_once(cache / "smollm2-135m-instruct", _convert_default))
     if cfg.model == TINY_MODEL:
