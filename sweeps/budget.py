@@ -142,10 +142,12 @@ def result_cost(result: Mapping[str, Any] | None) -> float | None:
 class BudgetLedger:
     """What each trial has cost, and whether one more trial fits in what is left.
 
-    Per trial: `cost` of its current attempt (the last cost_usd it reported), `carried` from earlier
-    attempts (a trial restarted after a crash reports from a lower count again; what the lost attempt
-    spent was still spent), `step` (its last report interval's cost), `finished`, and `final` (it
-    reached its final evaluation, i.e. was not pruned).
+    Per trial: `cost` (the last cost_usd it reported), `carried`, `step` (its last report interval's
+    cost), `finished`, `final` (it reached its final evaluation, i.e. was not pruned) and `restart`.
+    A restarted trial (a retried worker, a resumed sweep) reports a lower cost_usd than before, whether
+    it counts from zero or from its checkpoint; the drop was spent by the lost attempt and is kept in
+    `carried`. Either way the ledger then misses at most the new attempt's first report interval and
+    never counts anything twice.
     """
 
     def __init__(
@@ -179,13 +181,20 @@ class BudgetLedger:
         entry = self.trials[trial_id]
         if cost_usd is not None:
             if cost_usd < entry["cost"]:
-                entry["carried"] += entry["cost"]
+                entry["carried"] += entry["cost"] - cost_usd
             elif cost_usd > entry["cost"]:
                 entry["step"] = cost_usd - entry["cost"]  # one report interval, for the stop margin
             entry["cost"] = float(cost_usd)
+            entry["restart"] = False
         entry["finished"] = entry["finished"] or finished
         entry["final"] = entry["final"] or final
         self._autosave(force=finished)
+
+    def restarting(self, trial_id: str) -> None:
+        """The trial starts again (a retried worker, a resumed sweep): until it reports, it holds a
+        whole projection, as it may start from zero."""
+        self.open(trial_id)
+        self.trials[trial_id]["restart"] = True
 
     def trial_cost(self, trial_id: str) -> float:
         entry = self.trials.get(trial_id)
@@ -205,10 +214,16 @@ class BudgetLedger:
         return max([*others, *(complete or [self.estimate_usd])])
 
     def held_for_running(self) -> float:
-        """Money the running trials still need: what is left of their projection, and never less than
-        the reserve for their final evaluation (a trial past its projection still evaluates)."""
+        """Money the running trials still need: what is left of their projection after their current
+        attempt's progress, and never less than the reserve for their final evaluation (a trial past
+        its projection still evaluates)."""
         projected = self.projected_trial_cost()
-        return sum(max(projected - self.trial_cost(t), self.reserve_usd) for t in self.running())
+        held = 0.0
+        for trial_id in self.running():
+            entry = self.trials[trial_id]
+            progress = 0.0 if entry.get("restart") else entry["cost"]
+            held += max(projected - progress, self.reserve_usd)
+        return held
 
     def remaining(self) -> float:
         return self.budget_usd - self.spent() - self.held_for_running()
@@ -250,6 +265,7 @@ class BudgetLedger:
             if cost is not None and cost > self.trial_cost(trial.trial_id):
                 entry["cost"] = cost - entry["carried"]
             entry["finished"] = trial.status in ("TERMINATED", "ERROR")
+            entry["restart"] = not entry["finished"]  # Tune will start it again
             entry["final"] = entry["final"] or (trial.last_result or {}).get("phase") == "final"
         for trial_id, entry in self.trials.items():
             entry["finished"] = entry["finished"] or trial_id not in known
@@ -444,8 +460,8 @@ class BudgetStopper(Stopper):
 
 
 class BudgetSync(Callback):
-    """Creates the signal actor at the start of a run and, on the first step (after a restore), merges
-    the trials' last results into the ledger: Tune's experiment state is the authority on spending."""
+    """Creates the signal actor at the start of a run; on the first step (after a restore) merges the
+    trials' last results into the ledger; marks retried trials as restarting, holding a whole projection."""
 
     def __init__(self, ledger: BudgetLedger, sweep_name: str) -> None:
         self.ledger = ledger
@@ -460,6 +476,9 @@ class BudgetSync(Callback):
         if not self._synced:
             self.ledger.rebuild_from_trials(trials)
             self._synced = True
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.ledger.restarting(trial.trial_id)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_synced": False}

@@ -104,6 +104,7 @@ def last_costs(results: tune.ResultGrid) -> list[float]:
     return [r["cost_usd"] for r in rows(results)]
 
 
+@pytest.mark.slow  # a real Ray Tune run
 @pytest.mark.parametrize(
     ("usd_per_hour", "estimate_steps"),
     [(3.6, STEPS + 1), (9.0, STEPS + 1), (20.0, STEPS + 1), (20.0, 2)],
@@ -122,6 +123,7 @@ def test_budget_never_exceeded(
     assert not ledger.running()
 
 
+@pytest.mark.slow  # a real Ray Tune run
 def test_underestimate_stops_training_and_trials_still_evaluate(ray_session: Any, tmp_path: Path) -> None:
     c = step_cost(9.0)
     # Both first trials are admitted on a 3-step estimate; together they would cost 0.55.
@@ -134,6 +136,7 @@ def test_underestimate_stops_training_and_trials_still_evaluate(ray_session: Any
     assert all(r["phase"] == "final" for r in stopped)
 
 
+@pytest.mark.slow  # a real Ray Tune run
 def test_admission_stops_new_trials(ray_session: Any, tmp_path: Path) -> None:
     c = step_cost(9.0)
     trial = (STEPS + 1) * c
@@ -145,6 +148,7 @@ def test_admission_stops_new_trials(ray_session: Any, tmp_path: Path) -> None:
     assert "exceeds what remains" in searcher.why_waiting
 
 
+@pytest.mark.slow  # a real Ray Tune run
 def test_backstop_stops_trials_that_ignore_the_signal(ray_session: Any, tmp_path: Path) -> None:
     c = step_cost(9.0)
     ledger = BudgetLedger(0.5, estimate_usd=2 * c, reserve_usd=c)
@@ -189,6 +193,7 @@ def resume(experiment: Path) -> tune.ResultGrid:
     return tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True).fit()
 
 
+@pytest.mark.slow  # a real Ray Tune run
 def test_tuner_restore_brings_the_ledger_back_in_the_searcher_state(
     ray_session: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,11 +207,13 @@ def test_tuner_restore_brings_the_ledger_back_in_the_searcher_state(
     assert fresh.budget_usd == pytest.approx(3.5 * trial) and fresh.spent() >= trial
 
     results = resume(experiment)
-    # A lost ledger would admit 3 more trials after the restore; the restored one keeps the sweep at 3.
-    assert len(results) == 3 and not results.errors
+    # A lost ledger would admit 3 more trials after the restore; the restored one keeps the sweep at 3,
+    # or 2 when the trial cut off by the failure had spent much before Tune ran it again from zero.
+    assert len(results) in (2, 3) and not results.errors
     assert sum(last_costs(results)) <= 3.5 * trial + CONCURRENT * c
 
 
+@pytest.mark.slow  # a real Ray Tune run
 def test_ledger_file_covers_what_tunes_lagging_checkpoint_missed(ray_session: Any, tmp_path: Path) -> None:
     # Tune's default checkpoint period lags the failure; the ledger file, saved on every finished
     # trial, still knows the money spent, including by trials Tune's state does not know about.
@@ -228,11 +235,14 @@ def test_ledger_round_trip_and_accounting(tmp_path: Path) -> None:
     ledger.record("a", 1.5, finished=True, final=True)
     ledger.record("a", 1.5, finished=True, final=True)  # seen again by another hook: no double count
     ledger.record("b", 0.7)
-    ledger.record("b", 0.2)  # restarted attempt reports from a lower count: the 0.7 stays spent
+    ledger.record("b", 0.2)  # restarted from a checkpoint at 0.2 or less: the 0.7 stays spent
+    assert ledger.spent() == pytest.approx(1.5 + 0.7)
+    ledger.record("b", 0.4)
     assert ledger.spent() == pytest.approx(1.5 + 0.9)
     assert ledger.projected_trial_cost() == pytest.approx(1.5)  # the only complete trial
     assert ledger.running() == ["b"]
-    assert ledger.remaining() == pytest.approx(10.0 - 2.4 - max(1.5 - 0.9, 0.5))
+    # b holds what is left of a projected trial after its current attempt (0.4), not after its total
+    assert ledger.remaining() == pytest.approx(10.0 - 2.4 - max(1.5 - 0.4, 0.5))
     ledger.save()
     loaded = BudgetLedger.load(tmp_path / "ledger.json")
     assert loaded.to_dict() == ledger.to_dict()
@@ -277,6 +287,9 @@ def test_restore_merges_the_newer_file(tmp_path: Path) -> None:
                                   Trial("b", "PENDING", {"cost_usd": 0.5})])  # fmt: skip
     assert restored.spent() == pytest.approx(2.2)  # Tune's older costs do not lower the ledger
     assert restored.running() == ["b"]  # Tune runs b again; c (unknown to Tune) never will
+    assert restored.held_for_running() == pytest.approx(1.0)  # b may start from zero: a whole trial
+    restored.record("b", 0.2)  # its first report after the restart
+    assert restored.spent() == pytest.approx(2.2) and restored.held_for_running() == pytest.approx(0.8)
 
 
 def test_budget_searcher_finishes_when_nothing_fits_and_nothing_runs() -> None:
@@ -291,15 +304,18 @@ def test_budget_searcher_finishes_when_nothing_fits_and_nothing_runs() -> None:
 
 def test_trial_should_stop_follows_the_signal(ray_session: Any) -> None:
     sweep = f"t-{uuid.uuid4().hex[:8]}"
-    assert trial_should_stop(sweep) is False  # absent actor
+    assert trial_should_stop(sweep) is False  # no actor: keep training
     signal = open_budget_signal(sweep)
-    assert trial_should_stop(f"{sweep}-other") is False
+    assert trial_should_stop(sweep) is False
     ray.get(signal.request_stop.remote())
-    fresh = f"{sweep}"
-    from sweeps import budget
+    assert trial_should_stop(sweep) is True
+    assert trial_should_stop(f"{sweep}-other") is False
 
-    budget._ABSENT_UNTIL.pop(fresh, None)  # the negative lookup is cached on purpose; skip the wait
-    assert trial_should_stop(fresh) is True
+    @ray.remote
+    def from_a_worker(name: str) -> bool:  # how trials see it: another process, a fresh lookup
+        return trial_should_stop(name)
+
+    assert ray.get(from_a_worker.remote(sweep)) is True
 
 
 @pytest.mark.parametrize(

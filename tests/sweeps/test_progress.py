@@ -48,6 +48,7 @@ def console_to(buffer: io.StringIO, terminal: bool) -> Console:
     return Console(file=buffer, force_terminal=terminal, width=160, color_system=None)
 
 
+@pytest.mark.slow  # a real Ray Tune run
 def test_status_line_follows_a_real_tune_run(ray_session: Any, tmp_path: Path) -> None:
     plain, live = io.StringIO(), io.StringIO()
     ledger = BudgetLedger(1.0, estimate_usd=0.06)
