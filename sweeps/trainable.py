@@ -7,6 +7,7 @@ and how the budget tells a running trial to stop training and evaluate.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,14 +34,19 @@ def trainable(config: dict[str, Any]) -> None:
 
     sweep = config["sweepboard_sweep"]
     settings = trial_config(config, config["sweepboard_trial"])
-    out = Path(tune.get_context().get_trial_dir()) / "work"
+    # A stable folder per trial under the sweep's root, not Ray's per-session working dir: after a killed
+    # driver, Ray's last experiment snapshot may predate the trial's newest checkpoint, and this folder
+    # still holds it, so the trial continues instead of training those steps again.
+    out = Path(config["sweepboard_root"]) / f"trial_{tune.get_context().get_trial_id()}" / "work"
     restored = tune.get_checkpoint()
     if restored is not None:
         # A restored trial (resume, or a retried worker) continues from its last reported checkpoint.
+        # Whichever is newer wins: Ray's copy (another node, a retried worker) or the one in `out`.
         with restored.as_directory() as path:
             source = Path(path) / "checkpoint" if (Path(path) / "checkpoint").is_dir() else Path(path)
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
-            shutil.copytree(source, out / "checkpoint")
+            if _step(source) > _step(out / "checkpoint"):
+                shutil.rmtree(out / "checkpoint", ignore_errors=True)
+                shutil.copytree(source, out / "checkpoint")
     settings["out"] = str(out)
     # One torch thread per CPU Ray gave the trial: more threads than cores makes OpenMP threads spin against
     # each other (measured here: a 2-thread matmul ran ~10x slower with a second busy process).
@@ -68,3 +74,8 @@ def trainable(config: dict[str, Any]) -> None:
 
 def _numeric_or_text(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: ("" if v is None else v) for k, v in metrics.items()}
+
+
+def _step(checkpoint: Path) -> int:
+    state = checkpoint / "state.json"
+    return int(json.loads(state.read_text())["step"]) if state.is_file() else -1

@@ -155,7 +155,8 @@ def trial_base(cfg: sweep_config.SweepConfig) -> dict[str, Any]:
 
 def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any]) -> dict[str, Any]:
     price = {"price_per_hour": cfg.price_per_hour} if cfg.price_per_hour else {}
-    return {"sweepboard_sweep": cfg.name, "sweepboard_trial": {**base, **price}}
+    root = str(Path(cfg.storage).resolve() / cfg.name)
+    return {"sweepboard_sweep": cfg.name, "sweepboard_root": root, "sweepboard_trial": {**base, **price}}
 
 
 def prepare(base: dict[str, Any]) -> None:
