@@ -37,10 +37,14 @@ def main(argv: list[str] | None = None) -> int:
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="run one fine-tuning trial and write DIR/metrics.json")
     p.add_argument("--method", choices=["none", "lora", "qlora", "full"])
-    p.add_argument("--model", help="embedded default 'smollm2-135m', 'builtin:tiny', a local HF folder, or a hub id")
+    p.add_argument(
+        "--model", help="embedded default 'smollm2-135m', 'builtin:tiny', a local HF folder, or a hub id"
+    )
     p.add_argument("--rank", type=int)
     p.add_argument("--alpha", type=float)
-    p.add_argument("--targets", dest="target_modules", help="attention | attention+mlp | all-linear | q_proj,v_proj,...")
+    p.add_argument(
+        "--targets", dest="target_modules", help="attention | attention+mlp | all-linear | q_proj,v_proj,..."
+    )
     p.add_argument("--dropout", dest="lora_dropout", type=float)
     p.add_argument("--lr", dest="learning_rate", type=float)
     p.add_argument("--steps", type=int)
@@ -50,7 +54,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--data", help="builtin:dates or a .jsonl/.csv/.parquet file")
     p.add_argument("--price-per-hour", type=float, help="USD per hour; overrides the price catalog")
     p.add_argument("--config", help="YAML trial config (command-line options override it)")
-    p.add_argument("--out", required=True, help="output folder (metrics.json, test_predictions.jsonl, adapter/)")
+    p.add_argument(
+        "--out", required=True, help="output folder (metrics.json, test_predictions.jsonl, adapter/)"
+    )
     p.set_defaults(func=_train)
 
 

@@ -57,7 +57,9 @@ def resolve_path(name_or_path: str) -> Path:
     if builtin.is_file():
         return builtin
     known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError([f"--config: {name_or_path!r}: no such file and no built-in config of that name ({known})"])
+    raise ConfigError(
+        [f"--config: {name_or_path!r}: no such file and no built-in config of that name ({known})"]
+    )
 
 
 def load(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> SweepConfig:
@@ -85,7 +87,9 @@ def build(raw: dict[str, Any], source: str) -> SweepConfig:
     cfg.resources = _resources(raw.get("resources") or {}, source, problems)
     problems += _check(cfg)
     try:
-        from_dict({**cfg.trial, "method": "lora"})  # the fixed trial settings, checked with the trial's schema
+        from_dict(
+            {**cfg.trial, "method": "lora"}
+        )  # the fixed trial settings, checked with the trial's schema
     except ConfigError as exc:
         problems += [f"{source}: trial.{p}" for p in exc.problems]
     if problems:
@@ -114,10 +118,14 @@ def _resources(raw: Any, source: str, problems: list[str]) -> dict[str, Resource
                     except (TypeError, ValueError):
                         value = -1.0
                     if value < 0 or (key == "cpus" and value == 0):
-                        problems.append(f"{source}: resources.{method}.{key}: {spec[key]!r}: must be a number > 0")
+                        problems.append(
+                            f"{source}: resources.{method}.{key}: {spec[key]!r}: must be a number > 0"
+                        )
                     setattr(out[target], key, value)
     for method in set(raw) - {"default", *out}:
-        problems.append(f"{source}: resources.{method}: unknown method; use default, none, lora, qlora or full")
+        problems.append(
+            f"{source}: resources.{method}: unknown method; use default, none, lora, qlora or full"
+        )
     return out
 
 
@@ -132,12 +140,20 @@ def _check(cfg: SweepConfig) -> list[str]:
             p.append(f"{s}: {key}: {value!r}: must be a positive whole number")
     for key in ("estimate_trial_seconds", "reduction_factor"):
         value = getattr(cfg, key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= (1 if key[0] == "r" else 0):
+        if (
+            not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= (1 if key[0] == "r" else 0)
+        ):
             p.append(f"{s}: {key}: {value!r}: must be a number above {1 if key[0] == 'r' else 0}")
     if cfg.price_per_hour is not None and not (
-        isinstance(cfg.price_per_hour, (int, float)) and math.isfinite(cfg.price_per_hour) and cfg.price_per_hour > 0
+        isinstance(cfg.price_per_hour, (int, float))
+        and math.isfinite(cfg.price_per_hour)
+        and cfg.price_per_hour > 0
     ):
-        p.append(f"{s}: price_per_hour: {cfg.price_per_hour!r}: a positive number of US dollars per hour, e.g. 3.0")
+        p.append(
+            f"{s}: price_per_hour: {cfg.price_per_hour!r}: a positive number of US dollars per hour, e.g. 3.0"
+        )
     if not isinstance(cfg.trial, dict):
         p.append(f"{s}: trial: {cfg.trial!r}: a mapping of trial settings (model, data, steps, ...)")
         cfg.trial = {}

@@ -55,8 +55,10 @@ def resume(name: str, storage: str = "runs/sweeps") -> int:
     if not state_file.is_file():
         known = sorted(p.name for p in root.parent.glob("*") if (p / STATE_FILE).is_file())
         raise ConfigError(
-            [f"sweep {name!r}: nothing to resume in {root}; known sweeps: {', '.join(known) or 'none'}; "
-             f"start it with `make sweep BUDGET=... NAME={name}`"]
+            [
+                f"sweep {name!r}: nothing to resume in {root}; known sweeps: {', '.join(known) or 'none'}; "
+                f"start it with `make sweep BUDGET=... NAME={name}`"
+            ]
         )
     state = json.loads(state_file.read_text())
     raw = dict(state["config"])
@@ -105,7 +107,9 @@ def _check_tracking(cfg: sweep_config.SweepConfig) -> None:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -11,11 +11,15 @@ def add(sub: Any) -> None:
     p.add_argument("--budget", required=True, help="the most the sweep may spend, in US dollars, e.g. 30")
     p.add_argument("--config", help="sweep config: a YAML path or a built-in name (default, smoke)")
     p.add_argument("--space", help="search space: a YAML path or a built-in name (default, smoke)")
-    p.add_argument("--name", help="sweep name: MLflow experiment and runs/sweeps/<name> (default: the config's)")
+    p.add_argument(
+        "--name", help="sweep name: MLflow experiment and runs/sweeps/<name> (default: the config's)"
+    )
     p.add_argument("--max-trials", type=int, help="stop after this many trials (the baseline is extra)")
     p.add_argument("--concurrency", type=int, help="trials running at once")
     p.add_argument("--price-per-hour", type=float, help="USD per trial-hour; overrides the price catalog")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
     p.set_defaults(func=_sweep)
 
     r = sub.add_parser("resume", help="continue an interrupted sweep where it stopped")

@@ -39,7 +39,9 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     client = mlflow.MlflowClient(uri)
     sweep_params = {"budget_usd": budget_usd, "price_per_hour": quote.usd_per_hour, "max_trials": cfg.max_trials,
                     "concurrency": cfg.concurrency, "space": space.source, "config": cfg.source}  # fmt: skip
-    parent = mlflow_store.start_sweep_run(client, cfg.name, sweep_params, {names.TAG_GIT_COMMIT: git_commit()})
+    parent = mlflow_store.start_sweep_run(
+        client, cfg.name, sweep_params, {names.TAG_GIT_COMMIT: git_commit()}
+    )
 
     estimate = quote.usd_per_hour * cfg.estimate_trial_seconds / 3600
     print_start_banner(console, budget_usd, quote, estimate, cfg.max_trials)
@@ -50,8 +52,13 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
                           reserve_usd=estimate * 0.15, path=root / "budget.json")  # fmt: skip
 
     ray_init(cfg)
-    resources = {m: {"CPU": r.cpus, "GPU": r.gpus} for m, r in cfg.resources.items()}
-    trainable_with_resources = tune.with_resources(trainable, lambda config: resources[config.get("method", "lora")])
+    # Resources per method: full fine-tuning may ask for more than QLoRA.
+    resources = {
+        m: tune.PlacementGroupFactory([{"CPU": r.cpus, "GPU": r.gpus}]) for m, r in cfg.resources.items()
+    }
+    trainable_with_resources = tune.with_resources(
+        trainable, lambda config: resources[config.get("method") or "lora"]
+    )
     callbacks = [
         BudgetSync(ledger, cfg.name),
         MLflowTrialLogger(uri, cfg.name, parent, git_commit()),
@@ -82,7 +89,9 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
             mode="max",
             points_to_evaluate=first_points(space),
         )
-        search = BudgetSearcher(ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency), ledger, cfg.max_trials)
+        search = BudgetSearcher(
+            ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency), ledger, cfg.max_trials
+        )
         steps = int(base.get("steps", 80))
         reports = max(1, math.ceil(steps / int(base.get("eval_every", 20))))
         scheduler = ASHAScheduler(
@@ -166,11 +175,15 @@ def prepare(base: dict[str, Any]) -> None:
 
     trial = from_dict({**base, "method": "lora"})
     splits = data_mod.prepare(trial.data)
-    console.print(f"locked test set: {len(splits.test)} examples, sha256 {splits.sha256[:12]}… ({splits.lock_dir})")
+    console.print(
+        f"locked test set: {len(splits.test)} examples, sha256 {splits.sha256[:12]}… ({splits.lock_dir})"
+    )
     model_mod.resolve(trial)
 
 
-def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: Any, parent: str, quote: Any) -> float:
+def run_baseline(
+    cfg: sweep_config.SweepConfig, base: dict[str, Any], client: Any, parent: str, quote: Any
+) -> float:
     """The base model, no fine-tuning, evaluated once per sweep (also across resumes)."""
     from tracking import mlflow_store
     from trainers import run_trial

@@ -169,7 +169,9 @@ def validate(cfg: TrialConfig) -> list[str]:
     if d.metric not in ("exact_match", "token_f1", "accuracy"):
         p.append(f"data.metric: {d.metric!r}: use exact_match, token_f1 or accuracy")
     if d.metric == "accuracy" and not d.labels:
-        p.append("data.labels: missing: metric accuracy needs the label set, e.g. labels: [positive, negative]")
+        p.append(
+            "data.labels: missing: metric accuracy needs the label set, e.g. labels: [positive, negative]"
+        )
     if d.test_size <= 0 or d.val_size <= 0:
         p.append(f"data.test_size/val_size: {d.test_size}/{d.val_size}: both must be positive")
     if "{prompt}" not in d.prompt_template:

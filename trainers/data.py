@@ -141,9 +141,13 @@ def verify_lock(lock_dir: Path) -> tuple[list[Row], str]:
         manifest = json.loads(manifest_file.read_text())
         expected = manifest["sha256"]
     except (OSError, ValueError, KeyError) as exc:
-        raise LockMismatchError(f"{manifest_file}: unreadable lock manifest ({exc}); restore it from git/backup")
+        raise LockMismatchError(
+            f"{manifest_file}: unreadable lock manifest ({exc}); restore it from git/backup"
+        ) from exc
     if not test_file.is_file():
-        raise LockMismatchError(f"{test_file}: the locked test set is missing; restore it (sha256 {expected})")
+        raise LockMismatchError(
+            f"{test_file}: the locked test set is missing; restore it (sha256 {expected})"
+        )
     try:
         test = [json.loads(line) for line in test_file.read_text().splitlines() if line.strip()]
     except ValueError as exc:
@@ -159,7 +163,9 @@ def verify_lock(lock_dir: Path) -> tuple[list[Row], str]:
 
 
 def content_sha256(rows: list[Row]) -> str:
-    canonical = json.dumps([[r["prompt"], r["completion"]] for r in rows], ensure_ascii=False, separators=(",", ":"))
+    canonical = json.dumps(
+        [[r["prompt"], r["completion"]] for r in rows], ensure_ascii=False, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

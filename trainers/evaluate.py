@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 
 @torch.inference_mode()
 def generate_answers(
-    model: nn.Module,
+    model: Any,
     tok: Any,
     prompts: list[str],
     max_new_tokens: int,
@@ -31,7 +30,9 @@ def generate_answers(
     out: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(
+            device
+        )
         with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             gen = model.generate(
                 **enc,
@@ -53,7 +54,9 @@ def score(
     return (sum(scores) / len(scores) if scores else 0.0), scores
 
 
-def write_predictions(path: Path, rows: list[dict[str, str]], predictions: list[str], scores: list[float]) -> None:
+def write_predictions(
+    path: Path, rows: list[dict[str, str]], predictions: list[str], scores: list[float]
+) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row, pred, s in zip(rows, predictions, scores, strict=True):
             record = {"prompt": row["prompt"], "expected": row["completion"], "predicted": pred, "score": s}

@@ -55,6 +55,8 @@ def scorer(name: str, labels: Sequence[str] | None = None) -> Callable[[str, str
         return token_f1
     if name == "accuracy":
         if not labels:
-            raise ValueError("metric 'accuracy' needs a label set: set data.labels: [label, ...] in the config")
+            raise ValueError(
+                "metric 'accuracy' needs a label set: set data.labels: [label, ...] in the config"
+            )
         return label_accuracy(labels)
     raise ValueError(f"unknown metric {name!r}: use one of {', '.join(METRICS)}")

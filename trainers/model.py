@@ -39,7 +39,9 @@ def resolve(cfg: TrialConfig) -> str:
     path = Path(cfg.model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelError(f"model: {cfg.model!r}: no config.json in that folder; give a Hugging Face model folder")
+            raise ModelError(
+                f"model: {cfg.model!r}: no config.json in that folder; give a Hugging Face model folder"
+            )
         return str(path)
     if cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") != 1:
         raise ModelError(
@@ -49,7 +51,7 @@ def resolve(cfg: TrialConfig) -> str:
     return cfg.model  # a hub id: from_pretrained fetches it where the hub is reachable
 
 
-def load(path: str, cfg: TrialConfig, device: str, dtype: torch.dtype) -> tuple[Any, nn.Module]:
+def load(path: str, cfg: TrialConfig, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """Tokenizer and model for the method; LoRA/QLoRA wrapped by PEFT, targets checked first."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -75,7 +77,7 @@ def load(path: str, cfg: TrialConfig, device: str, dtype: torch.dtype) -> tuple[
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if cfg.method != "qlora":
         model.to(device)
     if cfg.method in ("lora", "qlora"):
@@ -92,7 +94,7 @@ def linear_names(model: nn.Module) -> set[str]:
     return {name for name, mod in model.named_modules() if isinstance(mod, kinds)}
 
 
-def _with_lora(model: nn.Module, cfg: TrialConfig) -> nn.Module:
+def _with_lora(model: Any, cfg: TrialConfig) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     targets = resolve_targets(cfg.target_modules, linear_names(model))
@@ -101,7 +103,7 @@ def _with_lora(model: nn.Module, cfg: TrialConfig) -> nn.Module:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(
         r=int(cfg.rank or 16),
-        lora_alpha=float(cfg.alpha or 32),
+        lora_alpha=cfg.alpha or 32,  # type: ignore[arg-type]  # PEFT takes any positive number
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
         task_type="CAUSAL_LM",
@@ -155,7 +157,10 @@ def _convert_default(out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     src = _gguf_dir()
-    print(f"sweepboard: converting the embedded default model from {src / GGUF_FILE} once (~30 s)...", flush=True)
+    print(
+        f"sweepboard: converting the embedded default model from {src / GGUF_FILE} once (~30 s)...",
+        flush=True,
+    )
     tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE)
     settings = gguf_model.config.to_dict()

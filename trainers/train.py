@@ -79,7 +79,9 @@ def collate(enc: Encoded, idx: list[int], pad_id: int, device: str) -> tuple[tor
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def answer_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
+def answer_logits(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits only where the next token is an answer token, and those targets."""
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -105,7 +107,13 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg.warmup_steps, cfg.steps))
-    state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "last_loss": float("nan"), "val": {}}
+    state: dict[str, Any] = {
+        "step": 0,
+        "tokens": 0,
+        "train_seconds": 0.0,
+        "last_loss": float("nan"),
+        "val": {},
+    }
     if (ckpt_dir / "state.json").is_file():
         state = load_checkpoint(ckpt_dir, model, opt, sched)
         print(f"sweepboard: resuming from step {state['step']} ({ckpt_dir})", flush=True)
@@ -118,7 +126,9 @@ def train(
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
-            idx = batches_for_step(len(lengths), lengths, cfg.batch_size, cfg.seed, state["step"] * cfg.grad_accum + micro)
+            idx = batches_for_step(
+                len(lengths), lengths, cfg.batch_size, cfg.seed, state["step"] * cfg.grad_accum + micro
+            )
             ids, mask, labels = collate(train_enc, idx, pad, device)
             with _autocast(device, autocast_dtype):
                 logits, targets, _ = answer_logits(model, ids, mask, labels)
@@ -157,7 +167,12 @@ def train(
 
 @torch.inference_mode()
 def validate(
-    model: nn.Module, enc: Encoded, pad: int, cfg: TrialConfig, device: str, autocast_dtype: torch.dtype | None
+    model: nn.Module,
+    enc: Encoded,
+    pad: int,
+    cfg: TrialConfig,
+    device: str,
+    autocast_dtype: torch.dtype | None,
 ) -> dict[str, float]:
     """Teacher-forced validation: an example counts as right when every answer token (and EOS) is the
     argmax. That is exactly "greedy decoding reproduces the answer", at the cost of one forward pass."""
@@ -188,7 +203,10 @@ def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: Any, sched: Any, stat
     tmp.mkdir(parents=True)
     trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
     torch.save(trainable, tmp / "trainable.pt")
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()}, tmp / "optim.pt")
+    torch.save(
+        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()},
+        tmp / "optim.pt",
+    )
     (tmp / "state.json").write_text(json.dumps(state))
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -202,7 +220,9 @@ def load_checkpoint(ckpt_dir: Path, model: nn.Module, opt: Any, sched: Any) -> d
     trainable = torch.load(ckpt_dir / "trainable.pt", weights_only=True)
     missing = set(n for n, p in model.named_parameters() if p.requires_grad) - set(trainable)
     if missing:
-        raise ValueError(f"{ckpt_dir}: checkpoint does not match this trial's model (missing {sorted(missing)[:3]})")
+        raise ValueError(
+            f"{ckpt_dir}: checkpoint does not match this trial's model (missing {sorted(missing)[:3]})"
+        )
     model.load_state_dict(trainable, strict=False)
     extra = torch.load(ckpt_dir / "optim.pt", weights_only=False)
     opt.load_state_dict(extra["optimizer"])

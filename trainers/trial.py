@@ -20,7 +20,8 @@ import torch
 from tracking.cost import device_hours
 from tracking.prices import PriceQuote, detect_device, price_per_hour
 from trainers import data as data_mod
-from trainers import evaluate, model as model_mod
+from trainers import evaluate
+from trainers import model as model_mod
 from trainers.config import TrialConfig, from_dict
 from trainers.metrics import scorer
 from trainers.train import Report, encode, train
@@ -64,7 +65,16 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     if cfg.method != "none":
         train_enc = encode(tok, splits.train, cfg.max_seq_len)
         state = train(
-            model, tok, train_enc, val_enc, cfg, device, autocast, out / "checkpoint", _priced(report, quote), elapsed
+            model,
+            tok,
+            train_enc,
+            val_enc,
+            cfg,
+            device,
+            autocast,
+            out / "checkpoint",
+            _priced(report, quote),
+            elapsed,
         )
     else:
         from trainers.train import validate
@@ -204,7 +214,11 @@ def _priced(report: Report | None, quote: PriceQuote) -> Report | None:
         return None
 
     def with_cost(metrics: dict[str, Any], checkpoint_dir: str | None) -> bool | None:
-        metrics = {**metrics, "cost_usd": metrics["elapsed_seconds"] * quote.usd_per_hour / 3600, "phase": "train"}
+        metrics = {
+            **metrics,
+            "cost_usd": metrics["elapsed_seconds"] * quote.usd_per_hour / 3600,
+            "phase": "train",
+        }
         return report(metrics, checkpoint_dir)
 
     return with_cost
@@ -235,4 +249,8 @@ def _save_adapter(model: Any, cfg: TrialConfig, out: Path) -> float:
 if __name__ == "__main__":  # pragma: no cover - convenience for debugging a single trial
     import sys
 
-    print(json.dumps(run_trial({"method": sys.argv[1] if len(sys.argv) > 1 else "lora", "out": os.getcwd()}), indent=2))
+    print(
+        json.dumps(
+            run_trial({"method": sys.argv[1] if len(sys.argv) > 1 else "lora", "out": os.getcwd()}), indent=2
+        )
+    )

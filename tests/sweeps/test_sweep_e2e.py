@@ -110,7 +110,9 @@ def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path)
 
     # The same name again: refused, nothing overwritten, no new runs.
     again = sweepboard(tmp_path, "sweep", "--budget", "5", "--config", str(cfg))
-    assert again.returncode == 2 and "already exists" in again.stderr and "make resume NAME=e2e" in again.stderr
+    assert (
+        again.returncode == 2 and "already exists" in again.stderr and "make resume NAME=e2e" in again.stderr
+    )
     assert len(runs_of(tmp_path, "e2e")) == len(runs)
 
 
@@ -157,7 +159,9 @@ def test_killed_driver_resumes_without_duplicates(tmp_path: Path) -> None:
             assert run.data.metrics["steps_done"] == 16
     parent = next(r for r in runs if r.data.tags.get(names.TAG_ROLE) == "sweep")
     ledger = json.loads((root / "budget.json").read_text())
-    assert parent.data.metrics["spent_usd"] == pytest.approx(sum(r.data.metrics["cost_usd"] for r in kids), rel=1e-6)
+    assert parent.data.metrics["spent_usd"] == pytest.approx(
+        sum(r.data.metrics["cost_usd"] for r in kids), rel=1e-6
+    )
     assert ledger  # the ledger file survived the kill
 
 
