@@ -19,6 +19,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ NAMESPACE = "sweepboard"
 BUDGET_EXAMPLE = "pass e.g. --budget 30"
 _SIGNALS: dict[str, Any] = {}  # sweep -> actor handle, per process (one lookup per trial worker)
 _ABSENT_UNTIL: dict[str, float] = {}  # sweep -> monotonic time before which we do not look again
+_LEDGERS: dict[str, BudgetLedger] = {}  # ledger uid -> its one instance in this process
 
 
 class BudgetError(ValueError):
@@ -168,6 +170,8 @@ class BudgetLedger:
         self.stop_requested = False
         self.trials: dict[str, dict[str, Any]] = {}
         self._saved_at = 0.0
+        self.uid = uuid.uuid4().hex
+        _LEDGERS[self.uid] = self
 
     def open(self, trial_id: str) -> None:
         """An admitted trial: it holds its projected cost from now on, before its first report."""
@@ -272,9 +276,13 @@ class BudgetLedger:
         self._autosave(force=True)
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Take Tune's checkpoint of the ledger, then the ledger's own file, which is saved on every
-        finished trial and so may be newer than Tune's checkpoint (written every few seconds at most)."""
-        self.update_from_dict(state)
+        """Take in Tune's checkpoint of the ledger, then the ledger's own file, which is saved on every
+        finished trial and so may be newer than Tune's checkpoint (written every few seconds at most).
+        Merged, not replaced: a ledger that already knows more (a restore in the same process) keeps it."""
+        self.budget_usd = validate_budget(state["budget_usd"])
+        self.estimate_usd = float(state["estimate_usd"])
+        self.reserve_usd = float(state["reserve_usd"])
+        self.merge(state)
         if self.path and Path(self.path).exists():
             self.merge(json.loads(Path(self.path).read_text(encoding="utf-8")))
 
@@ -334,10 +342,19 @@ class BudgetLedger:
         if self.path and (force or time.monotonic() - self._saved_at >= 1.0):
             self.save()
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_saved_at"] = 0.0
-        return state
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Tune pickles the stopper into its experiment state apart from the searcher and callbacks,
+        # and on restore puts that copy in place: unpickled, every copy must be the one ledger.
+        return (_shared_ledger, (self.uid, {**self.__dict__, "_saved_at": 0.0}))
+
+
+def _shared_ledger(uid: str, state: dict[str, Any]) -> BudgetLedger:
+    """The process's instance of ledger `uid`; made from `state` only if there is none yet."""
+    if uid not in _LEDGERS:
+        ledger = BudgetLedger.__new__(BudgetLedger)
+        ledger.__dict__.update(state)
+        _LEDGERS[uid] = ledger
+    return _LEDGERS[uid]
 
 
 class BudgetSearcher(Searcher):
@@ -421,7 +438,7 @@ class BudgetSearcher(Searcher):
         self.searcher.restore(checkpoint_path)
         sidecar = Path(checkpoint_path + ".budget.json")
         if sidecar.exists():
-            self.ledger.update_from_dict(json.loads(sidecar.read_text(encoding="utf-8")))
+            self.ledger.restore(json.loads(sidecar.read_text(encoding="utf-8")))
 
 
 class BudgetStopper(Stopper):
@@ -460,8 +477,8 @@ class BudgetStopper(Stopper):
 
 
 class BudgetSync(Callback):
-    """Creates the signal actor at the start of a run; on the first step (after a restore) merges the
-    trials' last results into the ledger; marks retried trials as restarting, holding a whole projection."""
+    """Creates the signal actor at the start of a run; on the first step (after a restore) and at the
+    end merges the trials' last results and status into the ledger; marks retried trials restarting."""
 
     def __init__(self, ledger: BudgetLedger, sweep_name: str) -> None:
         self.ledger = ledger
@@ -479,6 +496,10 @@ class BudgetSync(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.ledger.restarting(trial.trial_id)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        # Stopping all (the backstop) ends trials without telling the searcher: take their status here.
+        self.ledger.rebuild_from_trials(trials)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_synced": False}

@@ -7,6 +7,7 @@ checks do not depend on how fast this machine is; they only sleep briefly to int
 from __future__ import annotations
 
 import math
+import pickle
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.search_generator import SearchGenerator
 
+from sweeps import budget
 from sweeps.budget import (
     BudgetError,
     BudgetLedger,
@@ -120,7 +122,7 @@ def test_budget_never_exceeded(
     assert ledger.spent() <= 1.0 + CONCURRENT * c  # tolerance: one report interval per running trial
     assert ledger.spent() == pytest.approx(sum(last_costs(results)), abs=1e-12)
     assert all(r["phase"] == "final" for r in rows(results))  # stopped trials still evaluated
-    assert not ledger.running()
+    assert not ledger.running(), (ledger.to_dict(), [(r["trial_id"], r["phase"]) for r in rows(results)])
 
 
 @pytest.mark.slow  # a real Ray Tune run
@@ -156,6 +158,7 @@ def test_backstop_stops_trials_that_ignore_the_signal(ray_session: Any, tmp_path
     assert ledger.exhausted()
     assert ledger.spent() <= 0.5 + CONCURRENT * c
     assert any(r["phase"] == "train" for r in rows(results))  # cut off by stop_all, not finished
+    assert not ledger.running()  # although Tune's stop-all does not tell the searcher
 
 
 class FailOnce(tune.Callback):
@@ -220,6 +223,7 @@ def test_ledger_file_covers_what_tunes_lagging_checkpoint_missed(ray_session: An
     experiment, trial, c = interrupted_sweep(tmp_path, ledger_file=tmp_path / "budget.json")
     before = BudgetLedger.load(tmp_path / "budget.json")
     assert before.spent() >= trial
+    budget._LEDGERS.clear()  # as in a new driver process: the ledger comes back only from Tune's files
     results = resume(experiment)
     after = BudgetLedger.load(tmp_path / "budget.json")
     assert not after.running() and len(after.trials) <= 3
@@ -247,6 +251,21 @@ def test_ledger_round_trip_and_accounting(tmp_path: Path) -> None:
     loaded = BudgetLedger.load(tmp_path / "ledger.json")
     assert loaded.to_dict() == ledger.to_dict()
     assert not list(tmp_path.glob(".ledger.json.*"))  # no temp file left behind
+
+
+def test_every_unpickled_copy_is_the_one_ledger() -> None:
+    # Tune pickles the stopper into its experiment state on its own and, on restore, puts that copy
+    # in place of the one that shares the searcher's ledger; the copies must still be one ledger.
+    ledger = BudgetLedger(1.0, estimate_usd=0.1)
+    stopper = BudgetStopper(ledger, "s")
+    searcher = BudgetSearcher(OptunaSearch(space, metric="val_quality", mode="max"), ledger)
+    assert ray.cloudpickle.loads(ray.cloudpickle.dumps(stopper)).ledger is ledger
+    frozen = pickle.dumps((stopper, searcher))
+    ledger.record("a", 0.3)
+    budget._LEDGERS.clear()  # a new process: the first unpickled copy becomes the instance
+    stopper2, searcher2 = pickle.loads(frozen)
+    assert stopper2.ledger is searcher2.ledger is pickle.loads(pickle.dumps(stopper)).ledger
+    assert stopper2.ledger is not ledger and stopper2.ledger.spent() == 0.0
 
 
 def test_admits_and_stop_thresholds() -> None:
