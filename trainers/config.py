@@ -31,6 +31,9 @@ class DataConfig:
     metric: str = "exact_match"  # exact_match | token_f1 | accuracy
     labels: list[str] | None = None  # the label set, for metric accuracy
     prompt_template: str = "{prompt}"  # how a row's prompt becomes model input
+    # Generation stops at these strings (cut from the answer). Default: a newline when every test answer is
+    # one line, as lm-eval-harness does, so a base model that answers and rambles on is scored on its answer.
+    stop: list[str] | None = None
     n_examples: int = 3000  # builtin task only: how many examples to generate
     test_size: int = 300
     val_size: int = 100

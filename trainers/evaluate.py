@@ -47,6 +47,21 @@ def generate_answers(
     return out
 
 
+def stop_strings(rows: list[dict[str, str]], configured: list[str] | None) -> list[str]:
+    if configured is not None:
+        return [s.encode().decode("unicode_escape") for s in configured if s]  # YAML "\\n" means a newline
+    return [] if any("\n" in r["completion"].strip() for r in rows) else ["\n"]
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """The answer up to the first stop string (the text is already stripped of leading whitespace)."""
+    for stop in stops:
+        head, found, _ = text.partition(stop)
+        if found:
+            text = head
+    return text.strip()
+
+
 def score(
     rows: list[dict[str, str]], predictions: list[str], scorer: Callable[[str, str], float]
 ) -> tuple[float, list[float]]:

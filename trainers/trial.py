@@ -88,6 +88,8 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     predictions = evaluate.generate_answers(
         model, tok, [r["prompt"] for r in test], cfg.max_new_tokens, cfg.eval_batch_size, device, autocast
     )
+    stops = evaluate.stop_strings(test, cfg.data.stop)
+    predictions = [evaluate.cut_at_stop(p, stops) for p in predictions]
     quality, scores = evaluate.score(test, predictions, scorer(cfg.data.metric, cfg.data.labels))
     evaluate.write_predictions(out / "test_predictions.jsonl", test, predictions, scores)
     adapter_mb = _save_adapter(model, cfg, out)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from trainers import run_trial
 from trainers import model as model_mod
+from trainers import run_trial
 from trainers.config import from_dict
 
 REPO = Path(__file__).resolve().parents[2]
