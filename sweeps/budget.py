@@ -4,11 +4,11 @@ signal that tells running trials to stop training and evaluate when the money ru
 Wiring (one ledger object shared by all three, so nothing is counted twice):
     ledger = BudgetLedger(budget, estimate_usd=..., reserve_usd=..., path=run_dir / "budget.json")
     TuneConfig(search_alg=BudgetSearcher(searcher, ledger, max_trials), num_samples=max_trials)
-    RunConfig(stop=BudgetStopper(ledger, sweep), callbacks=[BudgetSync(ledger), ...])
+    RunConfig(stop=BudgetStopper(ledger, sweep), callbacks=[BudgetSync(ledger, sweep), ...])
 Costs are per-trial "last cost_usd seen", so the stopper, the searcher and the sync callback may all
-record the same result: recording is idempotent. The ledger travels in the searcher's state, which Tune
-saves with the experiment state and restores on Tuner.restore; BudgetSync then merges the restored
-trials' last results (the authoritative record) into it.
+record the same result: recording is idempotent. On Tuner.restore the ledger comes back from Tune's
+searcher state, merged with its own file (saved on every finished trial, so often newer) and with the
+restored trials' last results; every unpickled copy of it in a process is the same object.
 """
 
 from __future__ import annotations
