@@ -51,6 +51,9 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     ledger = BudgetLedger(max(budget_usd - baseline_cost, 1e-9), estimate_usd=estimate,
                           reserve_usd=estimate * 0.15, path=root / "budget.json")  # fmt: skip
 
+    # Tune snapshots its experiment state every 10 s instead of its default, so a killed driver loses
+    # little: a stale snapshot can re-run trials that had finished (and pay for them twice).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     ray_init(cfg)
     # Resources per method: full fine-tuning may ask for more than QLoRA.
     resources = {
@@ -219,6 +222,10 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, l
 
     # Tune's results are the record of what each trial spent (pruned and failed ones included); the
     # in-process ledger is a fallback when fit() did not return (Ctrl-C).
+    if grid is None and (root / "budget.json").is_file():
+        from sweeps.budget import BudgetLedger
+
+        ledger = BudgetLedger.load(root / "budget.json")  # on resume, Tune's own (unpickled) ledger wrote it
     trials_cost = ledger.spent() if grid is None else sum(_cost(r.metrics) for r in grid)
     spent = trials_cost + baseline_cost
     out_dir = root / "leaderboard"
