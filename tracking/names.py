@@ -44,6 +44,7 @@ FINAL_METRICS = (
     "wall_seconds",
     "tokens_per_second",
     "peak_memory_mb",
+    "weights_mb",
     "trainable_params",
     "total_params",
     "adapter_mb",

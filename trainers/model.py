@@ -120,6 +120,12 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def weights_bytes(model: nn.Module) -> int:
+    """Bytes held by parameters and buffers as stored (packed 4-bit under QLoRA)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _once(target: Path, build: Any) -> Path:
     """Build `target` once; concurrent trials wait on a file lock instead of converting twice."""
     if (target / "config.json").is_file():

@@ -55,6 +55,7 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     t0 = time.perf_counter()
     tok, model = model_mod.load(model_mod.resolve(cfg), cfg, device, torch.float32)
     trainable, total = model_mod.count_params(model)
+    weights_mb = model_mod.weights_bytes(model) / 2**20
     load_seconds = time.perf_counter() - t0
     memory.start()
 
@@ -125,6 +126,9 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         "tokens_trained": state["tokens"],
         "tokens_per_second": state["tokens"] / state["train_seconds"] if state["train_seconds"] else 0.0,
         "peak_memory_mb": memory.peak_mb(device),
+        # What the weights themselves hold (4-bit NF4 under QLoRA): the process peak on CPU also counts
+        # the allocator's caches, activations and libraries, which hide QLoRA's saving there.
+        "weights_mb": weights_mb,
         "trainable_params": trainable if cfg.method != "none" else 0,
         "total_params": total,
         "adapter_mb": adapter_mb,

@@ -22,6 +22,8 @@ def ray_session() -> Iterator[None]:
     # Workers import the trainable by module name: give them the repo root and this folder.
     here = Path(__file__).resolve().parent
     path = os.pathsep.join([str(here.parents[1]), str(here), os.environ.get("PYTHONPATH", "")])
+    if ray.is_initialized():
+        ray.shutdown()  # never inherit another module's Ray
     ray.init(
         num_cpus=1,
         include_dashboard=False,

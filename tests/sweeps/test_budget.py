@@ -45,6 +45,8 @@ CONCURRENT = 2
 def ray_session() -> Any:
     # Workers import this module by name to unpickle the trainable, hence the test folder on their path.
     path = f"{REPO}:{Path(__file__).parent}"
+    if ray.is_initialized():
+        ray.shutdown()  # never inherit another module's Ray
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()

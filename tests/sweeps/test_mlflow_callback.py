@@ -116,6 +116,8 @@ class Recorder(tune.Callback):
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster() -> Iterator[None]:
     # Workers import this module to unpickle `trainable`.
+    if ray.is_initialized():
+        ray.shutdown()  # never inherit another module's Ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": f"{REPO}:{HERE}"}})
     yield

@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def ray_session() -> Any:
     path = f"{REPO}:{Path(__file__).parent}"  # workers import this module to unpickle the trainable
+    if ray.is_initialized():
+        ray.shutdown()  # never inherit another module's Ray
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()

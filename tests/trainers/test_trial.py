@@ -53,6 +53,12 @@ def test_each_method_writes_metrics(method: str, tiny_config: dict[str, Any]) ->
         assert written["rank"] is None and written["target_modules"] is None
 
 
+def test_qlora_weights_take_less_memory_than_lora(tiny_config: dict[str, Any], tmp_path: Path) -> None:
+    lora = run_trial({**tiny_config, "method": "lora", "steps": 2, "out": str(tmp_path / "l")})
+    qlora = run_trial({**tiny_config, "method": "qlora", "steps": 2, "out": str(tmp_path / "q")})
+    assert qlora["weights_mb"] < lora["weights_mb"]
+
+
 def test_qlora_holds_base_in_nf4(tiny_config: dict[str, Any]) -> None:
     import bitsandbytes as bnb
 
