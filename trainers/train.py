@@ -105,7 +105,7 @@ def train(
 ) -> dict[str, Any]:
     """Train for cfg.steps (or until `report` asks to stop); resume from ckpt_dir when it holds a checkpoint."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=float(cfg.learning_rate or 0.0), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg.warmup_steps, cfg.steps))
     state: dict[str, Any] = {
         "step": 0,
