@@ -111,6 +111,8 @@ def train(
         "step": 0,
         "tokens": 0,
         "train_seconds": 0.0,
+        "validate_seconds": 0.0,
+        "checkpoint_seconds": 0.0,
         "last_loss": float("nan"),
         "val": {},
     }
@@ -144,10 +146,15 @@ def train(
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
             state["last_loss"] = sum(window) / len(window)
             window.clear()
+            t0 = time.perf_counter()
             state["val"] = validate(model, val_enc, pad, cfg, device, autocast_dtype)
             model.train()
+            t1 = time.perf_counter()
+            state["validate_seconds"] = state.get("validate_seconds", 0.0) + t1 - t0
             state["elapsed_seconds"] = clock()  # wall time of the whole trial so far, across resumes
             save_checkpoint(ckpt_dir, model, opt, sched, state)
+            # Timed for the overhead benchmark: what a trial spends outside training and evaluation steps.
+            state["checkpoint_seconds"] = state.get("checkpoint_seconds", 0.0) + time.perf_counter() - t1
             if report is not None:
                 metrics = {
                     "step": state["step"],
