@@ -1,0 +1,94 @@
+"""The search replay on synthetic tables: real Optuna TPE and Ray Tune's ASHAScheduler, made-up trials."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler
+
+from bench import record, replay
+from bench.__main__ import _finite, asha_settings
+from search_spaces.loader import load_space
+
+ASHA = {"max_t": 5, "grace_period": 2, "reduction_factor": 3}
+
+
+def row(config: dict[str, Any], vals: list[float], test: float, cost: float = 1.0) -> dict[str, Any]:
+    steps = len(vals)
+    curve = [{"step": 20 * (i + 1), "val_quality": v, "cost_usd": cost * 0.8 * (i + 1) / steps}
+             for i, v in enumerate(vals)]  # fmt: skip
+    return {"key": record.config_key(config), "config": config, "curve": curve,
+            "final": {"val_quality": vals[-1], "test_quality": test, "cost_usd": cost}}  # fmt: skip
+
+
+def synthetic_table(best_key: str, seed: int = 0) -> list[dict[str, Any]]:
+    """Every grid configuration; `best_key` is clearly best, the others mediocre and noisy."""
+    rng = random.Random(seed)
+    table = []
+    for config in record.grid_configs():
+        if record.config_key(config) == best_key:
+            table.append(row(config, [0.8, 0.9, 0.95], 0.95, cost=1.0))
+        else:
+            v = rng.uniform(0.2, 0.6)
+            table.append(row(config, [v - 0.1, v, v + 0.05], v, cost=rng.uniform(0.5, 2.0)))
+    return table
+
+
+def test_grid_holds_24_configurations_with_the_sweeps_first_points_first() -> None:
+    keys = [record.config_key(c) for c in record.grid_configs()]
+    assert len(keys) == len(set(keys)) >= 24
+    assert keys[:3] == ["lora-r16-a32-attention-lr2e-04", "qlora-r16-a32-attention-lr2e-04", "full-lr1e-05"]
+    assert {k.split("-")[0] for k in keys} == {"lora", "qlora", "full"}
+
+
+def test_asha_stops_a_weak_trial_at_its_rung_and_charges_what_it_spent() -> None:
+    grid = record.grid_configs()
+    strong = replay.rows_from_table([row(grid[0], [0.5, 0.6, 0.7], 0.7)])[0]
+    weak = replay.rows_from_table([row(grid[1], [0.1, 0.2, 0.3], 0.3, cost=2.0)])[0]
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_quality", mode="max", **ASHA)
+    first = replay.run_trial(strong, scheduler, "a")
+    second = replay.run_trial(weak, scheduler, "b")
+    assert first.finished and first.cost == strong.cost
+    assert not second.finished
+    assert math.isclose(second.cost, weak.costs[1])  # stopped at the report of iteration 2 (step 40)
+    assert second.cost < weak.cost
+
+
+def test_answers_track_the_best_finished_run_by_validation_not_by_test() -> None:
+    grid = record.grid_configs()
+    a = replay.rows_from_table([row(grid[0], [0.5, 0.6, 0.9], 0.4)])[0]  # best validation, poor test
+    b = replay.rows_from_table([row(grid[1], [0.5, 0.6, 0.7], 0.9)])[0]
+    trace = replay.answers([(a, replay.Outcome(a.cost, a.val, True)), (b, replay.Outcome(b.cost, b.val, True))])
+    assert [t for _, t in trace] == [0.4, 0.4]
+    assert replay.dollars_to(trace, 0.5) == math.inf
+    assert replay.regret_at(trace, 0.0, 0.9) == 0.9  # nothing finished yet: all of it
+
+
+def test_our_search_finds_the_default_at_once_when_the_default_is_best() -> None:
+    space = load_space(record.GRID)
+    table = synthetic_table("lora-r16-a32-attention-lr2e-04")
+    result = replay.replay(table, space, seeds=5, asha=ASHA)
+    ours = result["dollars_to_target"]["ours"]["per_seed"]
+    assert ours == [1.0] * 5  # the production default is the first point evaluated, and it costs $1
+    assert result["dollars_to_target"]["random"]["median"] > 1.0
+    assert result["cost_ratio_vs_random"] is not None and result["cost_ratio_vs_random"] < 1.0
+    json.dumps(_finite(result))  # serialisable, infinities included
+
+
+def test_tpe_finds_a_best_run_elsewhere_within_the_budget() -> None:
+    space = load_space(record.GRID)
+    table = synthetic_table("full-lr1e-04", seed=1)
+    result = replay.replay(table, space, seeds=4, asha=ASHA)
+    per_seed = result["dollars_to_target"]["ours"]["per_seed"]
+    assert all(math.isfinite(d) and d <= result["budget_usd"] for d in per_seed)
+    assert result["trials_run"]["ours"] <= 24
+    # Random search without replacement also ends on the best run, by the end of the grid at the latest.
+    assert all(math.isfinite(d) for d in result["dollars_to_target"]["random"]["per_seed"])
+
+
+def test_asha_settings_follow_the_default_sweep() -> None:
+    settings = asha_settings(record.trial_settings())
+    assert settings["grace_period"] >= 1 and settings["max_t"] > settings["grace_period"]
