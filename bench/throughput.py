@@ -127,6 +127,7 @@ def _hf_trainer(path: str, cfg: Any, train_enc: Any, tok: Any) -> dict[str, Any]
     from transformers import (
         AutoModelForCausalLM,
         DataCollatorForSeq2Seq,
+        PrinterCallback,
         Trainer,
         TrainerCallback,
         TrainingArguments,
@@ -171,6 +172,7 @@ def _hf_trainer(path: str, cfg: Any, train_enc: Any, tok: Any) -> dict[str, Any]
         )  # fmt: skip
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           callbacks=[Clock()])  # fmt: skip
+        trainer.remove_callback(PrinterCallback)  # its per-step loss lines would flood the bench's output
         trainer.train()
     losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
     seconds = clock["end"] - clock["start"]

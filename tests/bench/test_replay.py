@@ -92,3 +92,23 @@ def test_tpe_finds_a_best_run_elsewhere_within_the_budget() -> None:
 def test_asha_settings_follow_the_default_sweep() -> None:
     settings = asha_settings(record.trial_settings())
     assert settings["grace_period"] >= 1 and settings["max_t"] > settings["grace_period"]
+
+
+def test_report_has_every_key_and_the_regret_plot(tmp_path: Any) -> None:
+    from bench.__main__ import goals
+    from bench.report import write_report
+
+    space = load_space(record.GRID)
+    results: dict[str, Any] = {
+        "meta": {"date": "2026-11-22", "git_commit": "abc", "cpu": "test", "cpu_count": 2, "torch": "x"},
+        "search": replay.replay(synthetic_table("full-lr1e-04"), space, seeds=3, asha=ASHA),
+        "memory": {"lora_mb": 2000.0, "lora_weights_mb": 520.0, "qlora_mb": 2100.0, "qlora_weights_mb": 166.0,
+                   "qlora_over_lora_weights": 166 / 520},
+    }
+    results["goals"] = goals(_finite(results))
+    report = write_report(_finite(results), tmp_path)
+    text = report.read_text()
+    assert "search.cost_ratio_vs_random" in text and "overhead.compute_share" in text
+    assert "| qlora | 2100 | 166 |" in text
+    assert (tmp_path / "search_regret.png").stat().st_size > 10_000
+    assert results["goals"]["overhead.compute_share"]["met"] is False  # not measured is not met
