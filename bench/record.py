@@ -62,7 +62,8 @@ def load_table(path: Path = TABLE) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def record(grid: Path = GRID, table: Path = TABLE, limit: int | None = None) -> int:
+def record(grid: Path = GRID, table: Path = TABLE, limit: int | None = None, threads: int = 1) -> int:
+    """Run what is missing. Several recorders may run at once (each claims a configuration first)."""
     done = {row["key"] for row in load_table(table)}
     todo = [c for c in grid_configs(grid) if config_key(c) not in done]
     if limit is not None:
@@ -71,20 +72,24 @@ def record(grid: Path = GRID, table: Path = TABLE, limit: int | None = None) -> 
     table.parent.mkdir(parents=True, exist_ok=True)
     for i, config in enumerate(todo, 1):
         key = config_key(config)
+        if key in {row["key"] for row in load_table(table)} or not _claim(WORK / key):
+            continue  # another recorder has it
         started = time.time()
         print(f"[{i}/{len(todo)}] {key} ...", flush=True)
         result = WORK / key / "record.json"
         result.unlink(missing_ok=True)
         # A child process per trial: its peak memory and its threads are its own.
-        done_proc = subprocess.run(
-            [sys.executable, "-m", "bench.record", "--one", json.dumps(config), "--result", str(result)],
-            check=False,
-        )
-        if done_proc.returncode != 0 or not result.is_file():
-            print(f"  {key} failed (exit {done_proc.returncode}); it will run again next time", flush=True)
+        cmd = [sys.executable, "-m", "bench.record", "--one", json.dumps(config), "--result", str(result),
+               "--threads", str(threads)]  # fmt: skip
+        code = subprocess.run(cmd, check=False).returncode
+        (WORK / key / "claim").unlink(missing_ok=True)
+        if code != 0 or not result.is_file():
+            print(f"  {key} failed (exit {code}); it will run again next time", flush=True)
             continue
         row = json.loads(result.read_text())
-        with table.open("a") as f:
+        from filelock import FileLock
+
+        with FileLock(str(table) + ".lock"), table.open("a") as f:
             f.write(json.dumps(row) + "\n")
         final = row["final"]
         print(
@@ -95,12 +100,37 @@ def record(grid: Path = GRID, table: Path = TABLE, limit: int | None = None) -> 
     return 0
 
 
-def run_one(config: dict[str, Any], result: Path) -> None:
-    """One grid trial, its curve captured from the trial's own reports."""
+def _claim(folder: Path) -> bool:
+    """Take a configuration for this recorder; a claim whose process is gone is taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    claim = folder / "claim"
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(claim.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            claim.unlink(missing_ok=True)
+            return _claim(folder)
+        except PermissionError:
+            return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def run_one(config: dict[str, Any], result: Path, threads: int = 1) -> None:
+    """One grid trial, its curve captured from the trial's own reports.
+
+    Besides the trial's own cost (wall time x price), each point carries `cpu_cost_usd`: CPU seconds over
+    threads x price, what the trial costs on a quiet machine. The replay uses it, so trials recorded while
+    the machine was busy are not charged for the wait.
+    """
     from trainers import run_trial
 
     key = config_key(config)
-    settings = {**trial_settings(), **config, "out": str(WORK / key), "threads": os.cpu_count() or 1}
+    settings = {**trial_settings(), **config, "out": str(WORK / key), "threads": threads}
     saved = WORK / key / "curve.jsonl"
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> bool:
@@ -110,12 +140,15 @@ def run_one(config: dict[str, Any], result: Path) -> None:
         return False
 
     metrics = run_trial(settings, report=report)
+    per_cpu_second = float(metrics["usd_per_hour"]) / 3600 / threads
+    curve = [{**p, "cpu_cost_usd": p["cpu_seconds"] * per_cpu_second} for p in _curve(saved)]
+    cpu = _cpu_seconds()
     row = {
         "key": key,
         "config": config,
         "settings": {k: v for k, v in settings.items() if k not in ("out", "threads")},
-        "curve": _curve(saved),
-        "final": {**_pick(metrics, FINAL_KEYS), "cpu_seconds": _cpu_seconds()},
+        "curve": curve,
+        "final": {**_pick(metrics, FINAL_KEYS), "cpu_seconds": cpu, "cpu_cost_usd": cpu * per_cpu_second},
         "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "threads": settings["threads"],
     }
@@ -168,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=Path, default=GRID)
     parser.add_argument("--table", type=Path, default=TABLE)
     parser.add_argument("--limit", type=int, help="run at most this many configurations now")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per trial (1: CPU time, hence cost, barely depends on machine load)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        run_one(json.loads(args.one), args.result)
+        run_one(json.loads(args.one), args.result, args.threads)
         return 0
-    return record(args.grid, args.table, args.limit)
+    return record(args.grid, args.table, args.limit, args.threads)
 
 
 if __name__ == "__main__":

@@ -45,16 +45,21 @@ class Outcome:
 
 
 def rows_from_table(table: list[dict[str, Any]]) -> list[Row]:
+    """Rows with their costs: CPU-time cost where recorded (what the trial costs on a quiet machine),
+    else the wall-time cost."""
     rows = []
     for r in table:
         curve = sorted(r["curve"], key=lambda p: p["step"])
         rows.append(Row(
             key=r["key"], config=r["config"],
-            vals=tuple(float(p["val_quality"]) for p in curve), costs=tuple(float(p["cost_usd"]) for p in curve),
-            val=float(r["final"]["val_quality"]), test=float(r["final"]["test_quality"]),
-            cost=float(r["final"]["cost_usd"]),
+            vals=tuple(float(p["val_quality"]) for p in curve), costs=tuple(_cost(p) for p in curve),
+            val=float(r["final"]["val_quality"]), test=float(r["final"]["test_quality"]), cost=_cost(r["final"]),
         ))  # fmt: skip
     return rows
+
+
+def _cost(point: dict[str, Any]) -> float:
+    return float(point.get("cpu_cost_usd", point["cost_usd"]))
 
 
 def run_trial(row: Row, scheduler: Any | None, trial_id: str) -> Outcome:
