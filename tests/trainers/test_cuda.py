@@ -50,9 +50,9 @@ def test_qlora_base_is_nf4_on_the_gpu(tiny_config: dict[str, Any]) -> None:
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized, "no bitsandbytes Linear4bit layer in the QLoRA model"
     for layer in quantized:
-        assert layer.weight.quant_type == "nf4" and layer.weight.dtype == torch.uint8
-        assert layer.weight.device.type == "cuda"
-        assert layer.weight.quant_state.absmax.device.type == "cuda"
+        weight: Any = layer.weight  # bitsandbytes' Params4bit: packed NF4 plus its quantization state
+        assert weight.quant_type == "nf4" and weight.dtype == torch.uint8
+        assert weight.device.type == "cuda" and weight.quant_state.absmax.device.type == "cuda"
     lora_a = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
     assert lora_a.requires_grad and lora_a.device.type == "cuda"
 
