@@ -2,14 +2,21 @@
 
 Everything a trial does lives in trainers.run_trial; this file only bridges to Ray: where the trial writes,
 how a restored trial finds its checkpoint, how intermediate and final results and checkpoints reach Tune,
-and how the budget tells a running trial to stop training and evaluate.
+how the budget tells a running trial to stop training and evaluate, and what a failed trial cost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import shutil
+import sys
 import tempfile
+import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ from trainers import run_trial
 
 SEARCHED = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
 FINAL_FILES = ("metrics.json", "test_predictions.jsonl")
+LOG_FILE = "trial.log"  # in the trial's folder: what it printed, over all its attempts
 
 
 def trial_config(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -30,14 +38,29 @@ def trial_config(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]
 
 
 def trainable(config: dict[str, Any]) -> None:
+    started = time.monotonic()
+    # A stable folder per trial under the sweep's root, not Ray's per-session working dir: after a killed
+    # driver, Ray's last experiment snapshot may predate the trial's newest checkpoint, and this folder
+    # still holds it, so the trial continues instead of training those steps again.
+    folder = Path(config["sweepboard_root"]) / f"trial_{tune.get_context().get_trial_id()}"
+    attempt: dict[str, Any] = {"prior_seconds": 0.0, "prior_step": -1, "last": {}, "settings": {}}
+    with output_to(folder / LOG_FILE):
+        try:
+            _run(config, folder / "work", attempt)
+        except Exception as exc:
+            traceback.print_exc()  # into the trial's log, next to what it printed before
+            # Tune keeps a raising trial's last report as its result, and that is what the ledger, MLflow
+            # and the sweep's spend count: report what the trial cost up to the failure first, then fail
+            # as before (Tune records the error and retries the trial per its FailureConfig).
+            tune.report(failure_result(exc, attempt, time.monotonic() - started))
+            raise
+
+
+def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
     from sweeps.budget import trial_should_stop
 
     sweep = config["sweepboard_sweep"]
     settings = trial_config(config, config["sweepboard_trial"])
-    # A stable folder per trial under the sweep's root, not Ray's per-session working dir: after a killed
-    # driver, Ray's last experiment snapshot may predate the trial's newest checkpoint, and this folder
-    # still holds it, so the trial continues instead of training those steps again.
-    out = Path(config["sweepboard_root"]) / f"trial_{tune.get_context().get_trial_id()}" / "work"
     restored = tune.get_checkpoint()
     if restored is not None:
         # A restored trial (resume, or a retried worker) continues from its last reported checkpoint.
@@ -47,13 +70,17 @@ def trainable(config: dict[str, Any]) -> None:
             if _step(source) > _step(out / "checkpoint"):
                 shutil.rmtree(out / "checkpoint", ignore_errors=True)
                 shutil.copytree(source, out / "checkpoint")
+    # Where this attempt starts: the time and steps of the checkpoint it continues from.
+    attempt["prior_seconds"], attempt["prior_step"] = _elapsed(out / "checkpoint"), _step(out / "checkpoint")
     settings["out"] = str(out)
+    attempt["settings"] = settings
     # One torch thread per CPU Ray gave the trial: more threads than cores makes OpenMP threads spin against
     # each other (measured here: a 2-thread matmul ran ~10x slower with a second busy process).
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     settings["threads"] = max(1, int(cpus))
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> bool:
+        attempt["last"] = metrics
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
         return trial_should_stop(sweep)
@@ -72,6 +99,74 @@ def trainable(config: dict[str, Any]) -> None:
                 checkpoint=tune.Checkpoint.from_directory(str(final)))  # fmt: skip
 
 
+def failure_result(exc: BaseException, attempt: dict[str, Any], attempt_seconds: float) -> dict[str, Any]:
+    """The result a trial reports when it raises: its cost so far (earlier attempts up to the checkpoint
+    this one started from, plus this attempt), the error, and val_quality NaN, which Tune requires in
+    every result and which neither ASHA (nanpercentile, NaN < cutoff is False) nor Optuna ranks."""
+    last = attempt["last"]
+    seconds = attempt["prior_seconds"] + attempt_seconds
+    result = {
+        "phase": "failed",
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "val_quality": math.nan,
+        "elapsed_seconds": seconds,
+        "wall_seconds": seconds,
+        "cost_usd": seconds * _usd_per_hour(last, attempt["settings"]) / 3600,
+    }
+    steps = last.get("step", attempt["prior_step"])
+    if steps >= 0:
+        result["steps_done"] = steps
+    return result
+
+
+def _usd_per_hour(last: dict[str, Any], settings: dict[str, Any]) -> float:
+    """The trial's own price: from its last report, else (it failed before one) as trainers.trial prices
+    it. 0 when even that fails: the trial's error matters more than its cost, and Tune must get it."""
+    if last.get("elapsed_seconds") and isinstance(last.get("cost_usd"), (int, float)):
+        return float(last["cost_usd"]) * 3600 / float(last["elapsed_seconds"])
+    try:
+        import torch
+
+        from tracking.prices import detect_device, price_per_hour
+
+        cuda = settings.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
+        threads = settings.get("threads") or torch.get_num_threads()
+        return price_per_hour(
+            detect_device(), int(cuda), threads, settings.get("price_per_hour")
+        ).usd_per_hour
+    except Exception:
+        return 0.0
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """The trial's stdout and stderr also go to `path`, appended across attempts. The sweep runs Ray with
+    log_to_driver off, and Ray's worker logs are scattered over its session folders: this file is where
+    an operator reads what a failed or retried trial did ("sweepboard: resuming from step N")."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(path, "a", encoding="utf-8", buffering=1) as log,
+        contextlib.redirect_stdout(_Tee(sys.stdout, log)),
+        contextlib.redirect_stderr(_Tee(sys.stderr, log)),
+    ):
+        yield
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
 def _numeric_or_text(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: ("" if v is None else v) for k, v in metrics.items()}
 
@@ -79,3 +174,8 @@ def _numeric_or_text(metrics: dict[str, Any]) -> dict[str, Any]:
 def _step(checkpoint: Path) -> int:
     state = checkpoint / "state.json"
     return int(json.loads(state.read_text())["step"]) if state.is_file() else -1
+
+
+def _elapsed(checkpoint: Path) -> float:
+    state = checkpoint / "state.json"
+    return float(json.loads(state.read_text()).get("elapsed_seconds", 0.0)) if state.is_file() else 0.0

@@ -240,6 +240,11 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, l
         console.print(f"[yellow]leaderboard not written: {exc}[/]")
     mlflow_store.finish_sweep_run(client, parent, {"spent_usd": spent}, [str(p) for p in paths])
     console.print(f"spent ${spent:.4f} of ${ledger.budget_usd + baseline_cost:.2f}")
+    failed = [r for r in grid if r.error] if grid is not None else []
+    if failed:  # the sweep itself succeeded; say which trials did not and where to read why
+        where = ", ".join(str(r.path) for r in failed[:3]) + (", ..." if len(failed) > 3 else "")
+        console.print(f"[yellow]{len(failed)} trial(s) failed: why in MLflow (tag {names.TAG_ERROR}) and in "
+                      f"error.txt and trial.log of {where}[/]")  # fmt: skip
     if paths:
         console.print(f"leaderboard: {out_dir}/leaderboard.{{csv,json,md,html}}")
     console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`")

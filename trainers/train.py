@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers import faults
 from trainers.config import TrialConfig
 
 IGNORE = -100
@@ -125,6 +126,7 @@ def train(
     model.train()
     window: list[float] = []
     while state["step"] < cfg.steps:
+        faults.inject(state["step"] + 1, cfg.method, ckpt_dir.parent)  # a fault drill; no-op unless asked
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
