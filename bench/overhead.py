@@ -63,22 +63,30 @@ def analyse(root: Path, uri: str, name: str, sweep_wall: float | None = None) ->
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise ValueError(f"no MLflow experiment {name!r} at {uri}")
-    trials, baseline = [], None
+    trials, baseline, spans = [], None, []
     for run in client.search_runs([experiment.experiment_id], max_results=1000):
         role = run.data.tags.get(names.TAG_ROLE)
         if role == "baseline":
             baseline = _load(root / "baseline" / "metrics.json")
         elif role == "trial" and run.info.end_time:
-            metrics = _load(root / f"trial_{run.data.tags[names.TAG_TRIAL_ID]}" / "work" / "metrics.json")
+            work = root / f"trial_{run.data.tags[names.TAG_TRIAL_ID]}" / "work"
+            metrics = _load(work / "metrics.json") or _stopped(work)
             if metrics is not None:
                 trials.append(_breakdown(metrics, (run.info.end_time - run.info.start_time) / 1000))
+                spans.append((run.info.start_time / 1000, run.info.end_time / 1000))
     if not trials:
         raise ValueError(f"sweep {name!r} has no finished trial with a metrics.json under {root}")
     wall = sum(t["wall_seconds"] for t in trials)
     compute = sum(t["compute_seconds"] for t in trials)
+    # From the first trial's start to the last one's end: with one trial at a time this also counts the
+    # gaps between trials (a new Ray worker starting, the searcher, MLflow logging the last one).
+    span = max(end for _, end in spans) - min(start for start, _ in spans)
+    concurrent = wall > span * 1.05
     result: dict[str, Any] = {
-        "compute_share": compute / wall,
+        "compute_share": compute / (wall if concurrent else span),
+        "compute_share_in_trials": compute / wall,
         "trials": len(trials),
+        "trials_span_seconds": span,
         "trial_wall_seconds": wall,
         "seconds": {
             part: sum(t[part] for t in trials)
@@ -89,14 +97,25 @@ def analyse(root: Path, uri: str, name: str, sweep_wall: float | None = None) ->
     if sweep_wall is not None:
         result["sweep_wall_seconds"] = sweep_wall
         result["sweep_compute_share"] = (compute + (baseline or {}).get("test_seconds", 0.0)) / sweep_wall
-    memory = {f"{t['method']}_mb": t["peak_memory_mb"] for t in trials}
-    memory.update({f"{t['method']}_weights_mb": t["weights_mb"] for t in trials})
+    measured = [t for t in trials if t["peak_memory_mb"] is not None]
+    memory = {f"{t['method']}_mb": t["peak_memory_mb"] for t in measured}
+    memory.update({f"{t['method']}_weights_mb": t["weights_mb"] for t in measured})
     if baseline is not None:
         memory["none_mb"] = baseline["peak_memory_mb"]
         memory["none_weights_mb"] = baseline["weights_mb"]
     if "lora_weights_mb" in memory and "qlora_weights_mb" in memory:
         memory["qlora_over_lora_weights"] = memory["qlora_weights_mb"] / memory["lora_weights_mb"]
     return {"overhead": result, "memory": memory}
+
+
+def _stopped(work: Path) -> dict[str, Any] | None:
+    """A trial ASHA stopped has no metrics.json; its checkpoint's state has its step and validation time."""
+    state = _load(work / "checkpoint" / "state.json")
+    if state is None:
+        return None
+    return {"method": "stopped", "step_seconds": state.get("train_seconds", 0.0),
+            "validate_seconds": state.get("validate_seconds", 0.0),
+            "checkpoint_seconds": state.get("checkpoint_seconds", 0.0)}  # fmt: skip
 
 
 def _breakdown(metrics: dict[str, Any], wall: float) -> dict[str, Any]:

@@ -37,10 +37,12 @@ def _overhead(o: dict[str, Any] | None, out: Path) -> list[str]:
     s = o["seconds"]
     lines = [
         "", "## 1. Sweep overhead", "",
-        f"{o['trials']} trials of a sweep on the embedded default; each trial's wall time is the driver's view "
-        "(its MLflow run opens when Ray starts it and closes once its results are logged).", "",
-        f"**compute share {o['compute_share']:.3f}**: training steps, validation and test generation "
-        f"{s['compute_seconds']:.0f} s of {o['trial_wall_seconds']:.0f} s.", "",
+        f"{o['trials']} trials of a sweep on the embedded default, one at a time; each trial's wall time is the "
+        "driver's view (its MLflow run opens when Ray starts it and closes once its results are logged).", "",
+        f"**compute share {o['compute_share']:.3f}**: training steps, validation and test generation took "
+        f"{s['compute_seconds']:.0f} s of the {o['trials_span_seconds']:.0f} s from the first trial's start to "
+        f"the last one's end (gaps between trials included); {o['compute_share_in_trials']:.3f} of the "
+        "trials' own wall time.", "",
         "| trial | wall s | compute s | load s | tokenise s | checkpoints s | Ray + MLflow + other s | share |",
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
