@@ -34,6 +34,12 @@ sweep: $(VENV_OK)
 resume: $(VENV_OK)
 	.venv/bin/sweepboard resume "$(NAME)"
 
+# After the MLflow server was down during a sweep: copy what it missed from Ray's storage (runs/sweeps/NAME)
+# into MLflow. Writes only what MLflow lacks, so running it twice changes nothing.
+.PHONY: sync
+sync: $(VENV_OK)
+	.venv/bin/sweepboard sync "$(NAME)"
+
 leaderboard: $(VENV_OK)
 	.venv/bin/sweepboard leaderboard "$(NAME)" --format "$(FORMAT)"
 

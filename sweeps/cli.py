@@ -1,15 +1,26 @@
-"""`sweepboard`: the console script. Subcommands: train, lock, sweep, resume, leaderboard.
+"""`sweepboard`: the console script. Subcommands: train, lock, sweep, resume, sync, leaderboard.
 
 Heavy imports (torch, ray, mlflow) happen inside the subcommand that needs them, so `--help` and input
 errors answer at once.
+
+Exit codes: 0 done; 2 bad input (named, with the fix); 3 the MLflow tracking server stopped answering:
+nothing trained is lost (it is in Ray's storage), and the message names the `sweepboard sync` to run
+once the server answers again; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
+
+EXIT_TRACKING_DOWN = 3
+# MLflow's HTTP client retries a request for about 4 minutes by default (7 retries, growing pauses).
+# tracking/mlflow_store.py retries transient errors itself, so a server that is gone shows in seconds.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,10 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_lock(sub)
     _add_sweep(sub)
+    _add_sync(sub)
     from leaderboard import add_cli
 
     add_cli(sub)
     args = parser.parse_args(argv)
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -32,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # our input errors are ValueErrors that name the problem and the fix
         print(f"sweepboard {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not _tracking_down(exc):
+            raise
+        uri = str(getattr(exc, "uri", ""))
+        print(f"sweepboard {args.command}: error: {exc}\n{_after_outage(args, uri)}", file=sys.stderr)
+        return EXIT_TRACKING_DOWN
 
 
 def _add_train(sub: Any) -> None:
@@ -127,6 +147,51 @@ def _add_sweep(sub: Any) -> None:
     from sweeps import sweep_cli
 
     sweep_cli.add(sub)
+
+
+def _add_sync(sub: Any) -> None:
+    p = sub.add_parser("sync", help="copy a sweep's results from Ray's storage into MLflow (after MLflow was "
+                       "down); writes only what MLflow lacks, so running it again changes nothing")
+    p.add_argument("name", help="the sweep's name")
+    p.add_argument("--storage", default="runs/sweeps", help="where sweeps live (default runs/sweeps)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep config's, else "
+                   "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.set_defaults(func=_sync)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from sweeps.sync import sync
+
+    return sync(args.name, args.storage, args.tracking_uri)
+
+
+def _tracking_down(exc: BaseException) -> bool:
+    store = sys.modules.get("tracking.mlflow_store")  # loaded by whatever raised it; no mlflow import here
+    return store is not None and isinstance(exc, store.TrackingUnavailable)
+
+
+def _after_outage(args: argparse.Namespace, uri: str) -> str:
+    """What to do after the tracking server went away during `args.command`."""
+    if args.command == "sync":
+        return "Nothing is lost; run the same command again once the server answers (it goes on from there)."
+    if args.command not in ("sweep", "resume"):
+        return f"Start the server or point --tracking-uri / MLFLOW_TRACKING_URI elsewhere ({uri})."
+    name, storage = args.name, getattr(args, "storage", None)
+    if args.command == "sweep":
+        try:
+            from sweeps import config as sweep_config
+
+            cfg = sweep_config.load(args.config, {"name": args.name})
+            name, storage = cfg.name, cfg.storage
+        except Exception:  # noqa: BLE001  the message is still useful without the config's values
+            name = name or "NAME"
+    from sweeps.mlflow_callback import sync_command
+
+    root = Path(storage or "runs/sweeps").resolve() / name
+    command = sync_command(name, uri, str(root))
+    return (f"Nothing trained is lost: every result, metric and artifact is in Ray's storage ({root}).\n"
+            f"Once the server answers again, copy them into MLflow with: {command}\n"
+            f"If the sweep did not finish, continue it with `sweepboard resume {name}`.")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,24 @@ on_trial_start is called again for every resumed trial (on_trial_restore is not)
 trial.last_result and trial.checkpoint as last saved; results after the restored checkpoint are
 reported again, so a curve may hold two points at one step. On Ctrl+C (SIGINT/SIGUSR1) Tune stops,
 saves, and calls on_experiment_end with the interrupted trials TERMINATED, but no on_trial_complete.
+
+When MLflow goes away (a server that stops answering, a store that stays locked): Tune aborts a sweep
+whose callback raises, and it waits for its callbacks before it takes a trial's next result, so no MLflow
+call here may raise or hang. Each write is queued per trial and written at once if MLflow answers; if it
+does not, the queue is kept, trials train on, and the queued writes go out, in order, at a later hook once
+it answers again (tried after 5 s, then less often, up to every 60 s). What is still queued when the sweep
+ends is named in a message with the command that copies it in from Ray's storage (`sweepboard sync`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Stopper
@@ -26,9 +37,37 @@ from ray.tune.experiment import Trial
 from tracking import mlflow_store as store
 from tracking.names import FINAL_METRICS, TAG_GIT_COMMIT, TAG_METHOD, TAG_SWEEP, TRIAL_PARAMS
 
+log = logging.getLogger(__name__)
+
 # Step curves taken from each intermediate result (logged at result["step"]).
 CURVE_METRICS = ("train_loss", "val_quality", "val_loss", "tokens_trained", "cost_usd")
 FINAL_PHASE = "final"  # result["phase"] of the one result a trial reports after its test evaluation
+RETRY_AFTER_S = (5.0, 10.0, 30.0, 60.0)  # pauses before trying an unreachable MLflow again
+
+
+class Outcome(NamedTuple):
+    """How a trial ended, as its MLflow run records it (also what `sweepboard sync` writes)."""
+
+    status: str  # finished | pruned | failed | stopped
+    final: dict[str, Any]  # final metrics
+    error: str | None
+    artifacts: bool  # its last checkpoint holds metrics.json, test_predictions.jsonl, adapter/
+    interrupted: bool = False  # left unfinished (Ctrl+C, a lost driver): run KILLED, a resume reopens it
+
+
+def completed(result: Mapping[str, Any]) -> Outcome:
+    """A trial Tune completed: with its final report, or ended early by a scheduler (ASHA) or stopper."""
+    if result.get("phase") != FINAL_PHASE:
+        return Outcome("pruned", spent(result), None, False)
+    error = result.get("error") if isinstance(result.get("error"), str) and result.get("error") else None
+    return Outcome(str(result.get("status") or "finished"), dict(result), error, True)
+
+
+def failed(result: Mapping[str, Any], error: str) -> Outcome:
+    return Outcome("failed", spent(result), error, False)
+
+
+INTERRUPTED = Outcome("stopped", {}, None, False, interrupted=True)
 
 
 class MLflowTrialLogger(Callback):
@@ -41,62 +80,135 @@ class MLflowTrialLogger(Callback):
         self.parent_run_id = parent_run_id
         self.git_commit = git_commit
         self.extra_tags = dict(extra_tags or {})
+        self._reset()
+
+    def _reset(self) -> None:
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id; a cache of the tag lookup
-        self._ended: set[str] = set()  # trial ids whose run this process has ended
+        self._ended: set[str] = set()  # trial ids whose end this process has queued
+        self._queue: dict[str, deque[tuple[str, Callable[[], Any]]]] = {}  # trial id -> (what, write)
+        self._dropped: dict[str, str] = {}  # trial id -> a write that failed for good (not an outage)
+        self._down_since: float | None = None  # wall time MLflow stopped answering
+        self._down_error = ""
+        self._retry_at = 0.0  # monotonic time of the next attempt while it is down
+        self._failures = 0
+        self._storage: str | None = None  # the sweep's folder in Ray's storage, for the message
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles the callback into tuner.pkl; a client and a cache must not travel with it.
-        state = self.__dict__.copy()
-        state.update(_client=None, _experiment_id=None, _runs={}, _ended=set())
-        return state
+        # Tune pickles the callback into tuner.pkl; a client, a cache and queued writes must not travel.
+        return {key: self.__dict__[key] for key in
+                ("tracking_uri", "sweep_name", "parent_run_id", "git_commit", "extra_tags")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
     def setup(self, stop: Stopper | None = None, num_samples: int | None = None,
               total_num_samples: int | None = None, **info: Any) -> None:
-        self._connect()
+        pass  # connect lazily: a server that is down when the sweep (re)starts must not abort it
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended.discard(trial.trial_id)  # a trial restarted after an error or a resume runs again
-        self._run_of(trial)
+        if self._storage is None and trial.path:
+            self._storage = str(Path(trial.path).parent)
+        self._write(trial, "run", lambda: self._run_of(trial))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
         if "step" not in result:
             return
         curves = {key: result[key] for key in CURVE_METRICS if key in result}
-        store.log_step_metrics(self._connect(), self._run_of(trial), curves, int(result["step"]))
+        step = int(result["step"])
+        self._write(trial, f"step {step}",
+                    lambda: store.log_step_metrics(self._connect(), self._run_of(trial), curves, step))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        result = trial.last_result or {}
-        if result.get("phase") != FINAL_PHASE:
-            # Completed without its final report: a scheduler (ASHA) or a stopper ended it early.
-            self._finish(trial, _spent(result), "pruned", None, None)
-            return
-        error = result.get("error") if isinstance(result.get("error"), str) else None
-        status = str(result.get("status") or "finished")
-        checkpoint = trial.checkpoint
-        if checkpoint is None:
-            self._finish(trial, result, status, None, error)
-            return
-        # as_directory: the folder itself on local storage, a download on cloud storage.
-        with checkpoint.as_directory() as folder:
-            self._finish(trial, result, status, folder, error)
+        outcome = completed(trial.last_result or {})
+        # The checkpoint as of now: Tune may move on, but keeps the latest one (num_to_keep drops older).
+        self._end(trial, outcome, trial.checkpoint if outcome.artifacts else None)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._finish(trial, _spent(trial.last_result or {}), "failed", None, _error_text(trial))
+        self._end(trial, failed(trial.last_result or {}, _error_text(trial)), None)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         # Trials left running (Ctrl+C, a driver stopped early) end as "stopped"; a resume reopens them.
         for trial in trials:
-            run_id = self._runs.get(trial.trial_id)
-            if run_id is not None and trial.trial_id not in self._ended:
-                store.interrupt_trial_run(self._connect(), run_id)
-                self._ended.add(trial.trial_id)
+            started = trial.trial_id in self._runs or trial.trial_id in self._queue
+            if started and trial.trial_id not in self._ended:
+                self._end(trial, INTERRUPTED, None)
+        self._flush(force=True)
+        message = self.unlogged_message()
+        if message:
+            print(message, file=sys.stderr, flush=True)
+
+    def unlogged_message(self) -> str | None:
+        """What could not be logged and how to get it into MLflow; None when everything was logged."""
+        if not self._queue and not self._dropped:
+            return None
+        lines = []
+        if self._queue:
+            since = time.strftime("%H:%M:%S", time.localtime(self._down_since or time.time()))
+            waiting = sum(len(queue) for queue in self._queue.values())
+            lines.append(
+                f"MLflow: {self.tracking_uri} has not answered since {since} ({self._down_error}); "
+                f"{waiting} write(s) of {len(self._queue)} trial(s) were not logged: "
+                f"{', '.join(self._queue)}."
+            )
+        for trial_id, what in self._dropped.items():
+            lines.append(f"MLflow: trial {trial_id}: {what}")
+        where = self._storage or "Ray's storage"
+        lines.append(f"Training went on: every result, metric and artifact is in {where}.")
+        command = sync_command(self.sweep_name, self.tracking_uri, self._storage)
+        lines.append(f"Copy them into MLflow once it answers: {command}")
+        return "\n".join(lines)
+
+    def _end(self, trial: Trial, outcome: Outcome, checkpoint: Any) -> None:
+        self._ended.add(trial.trial_id)
+        self._write(trial, f"end ({outcome.status})", lambda: self._finish(trial, outcome, checkpoint))
+
+    def _write(self, trial: Trial, what: str, write: Callable[[], Any]) -> None:
+        """Queue one write of `trial` behind its earlier ones, then write what MLflow takes now."""
+        self._queue.setdefault(trial.trial_id, deque()).append((what, write))
+        self._flush()
+
+    def _flush(self, force: bool = False) -> None:
+        waiting = self._down_since is not None and time.monotonic() < self._retry_at
+        if not self._queue or (waiting and not force):
+            return
+        with store.fail_fast():
+            for trial_id in list(self._queue):
+                queue = self._queue[trial_id]
+                while queue:
+                    what, write = queue[0]
+                    try:
+                        write()
+                    except Exception as exc:  # noqa: BLE001  a logging failure must never abort a paid sweep
+                        if store.is_transient(exc):
+                            self._went_down(exc)
+                            return
+                        # Not an outage (a bug, a rejected value): writing it again would fail again.
+                        log.warning("MLflow: trial %s: %s not logged: %s", trial_id, what, exc)
+                        self._dropped[trial_id] = f"{what} not logged: {store.first_line(exc)}"
+                    queue.popleft()
+                del self._queue[trial_id]
+        if self._down_since is not None:
+            log.warning("MLflow: %s answers again; the queued results are logged", self.tracking_uri)
+            self._down_since, self._failures = None, 0
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.time()
+            self._down_error = store.first_line(exc)
+            log.warning("MLflow: %s does not answer (%s); trials keep training and their results are "
+                        "queued until it does", self.tracking_uri, self._down_error)
+        self._retry_at = time.monotonic() + RETRY_AFTER_S[min(self._failures, len(RETRY_AFTER_S) - 1)]
+        self._failures += 1
 
     def _connect(self) -> MlflowClient:
         if self._client is None:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        if self._experiment_id is None:
             self._experiment_id = store.ensure_experiment(self._client, self.sweep_name)
         return self._client
 
@@ -119,10 +231,24 @@ class MLflowTrialLogger(Callback):
         self._runs[trial.trial_id] = run_id
         return run_id
 
-    def _finish(self, trial: Trial, final: Mapping[str, Any], status: str, folder: str | None,
-                error: str | None) -> None:
-        store.finish_trial_run(self._connect(), self._run_of(trial), final, status, folder, error)
-        self._ended.add(trial.trial_id)
+    def _finish(self, trial: Trial, outcome: Outcome, checkpoint: Any) -> None:
+        client, run_id = self._connect(), self._run_of(trial)
+        if outcome.interrupted:
+            store.interrupt_trial_run(client, run_id)
+        elif checkpoint is None:
+            store.finish_trial_run(client, run_id, outcome.final, outcome.status, None, outcome.error)
+        else:
+            # as_directory: the folder itself on local storage, a download on cloud storage.
+            with checkpoint.as_directory() as folder:
+                store.finish_trial_run(client, run_id, outcome.final, outcome.status, folder, outcome.error)
+
+
+def sync_command(sweep_name: str, tracking_uri: str, storage: str | None = None) -> str:
+    """The command that copies a sweep from Ray's storage into MLflow (sweeps/sync.py)."""
+    command = f"sweepboard sync {sweep_name} --tracking-uri {tracking_uri}"
+    if storage and Path(storage).parent != Path("runs/sweeps").resolve():
+        command += f" --storage {Path(storage).parent}"
+    return f"{command}   (or: MLFLOW_TRACKING_URI={tracking_uri} make sync NAME={sweep_name})"
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,7 +268,7 @@ def run_name(config: Mapping[str, Any], trial_id: str) -> str:
     return f"{method}-{trial_id}"
 
 
-def _spent(result: Mapping[str, Any]) -> dict[str, Any]:
+def spent(result: Mapping[str, Any]) -> dict[str, Any]:
     """What a trial that ended without its final report cost, from its last report."""
     unmeasured = ("test_quality", "n_test")  # only the final report has a test evaluation
     return {key: result[key] for key in FINAL_METRICS if key in result and key not in unmeasured}

@@ -3,6 +3,11 @@
 Every write goes through here, from one process (the Ray driver): many writers on one SQLite file
 end in "database is locked". Runs are found again by their tags, never by an in-memory map, so a
 resumed sweep writes into the runs it already has instead of opening new ones. No ray import.
+
+When a tracking server stops answering, a call fails with TrackingUnavailable after its retries, and
+later calls to that server fail at once (after a 2 s health probe) until it answers again: a sweep must
+not spend minutes per write on a server that is gone. Its results stay in Ray's storage, and
+`sweepboard sync NAME` copies them in later (sweeps/sync.py), through the read helpers at the bottom.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +29,12 @@ from typing import Any, TypeVar
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
 
 from tracking.names import (
     ARTIFACT_ADAPTER_DIR,
@@ -46,11 +58,25 @@ T = TypeVar("T")
 # Pauses between attempts. SQLite already waits 20 s (MLflow's busy_timeout) before "database is locked",
 # and MLflow's HTTP client retries connections itself, so a few extra attempts are enough.
 RETRY_DELAYS = (1.0, 2.0, 4.0)
-_TRANSIENT = ("database is locked", "database table is locked", "connection refused", "connectionerror",
-              "max retries exceeded", "timed out", "timeout exception", "temporarily unavailable",
-              "error code 502", "error code 503", "error code 504")
+# Error texts of a tracking server that does not answer (MLflow wraps requests' errors in MlflowException).
+_UNREACHABLE = ("connection refused", "connectionerror", "max retries exceeded", "failed to establish",
+                "connection reset", "connection aborted", "remote end closed", "timed out",
+                "timeout exception", "temporarily unavailable", "error code 502", "error code 503",
+                "error code 504")
+_TRANSIENT = ("database is locked", "database table is locked", *_UNREACHABLE)
+HEALTH_TIMEOUT_S = 2.0
+_DOWN: dict[str, float] = {}  # tracking URI -> when a call last found it unreachable (time.monotonic)
+_FAIL_FAST: ContextVar[bool] = ContextVar("sweepboard_mlflow_fail_fast", default=False)
 # Statuses that end a run, and the MLflow run status each one maps to.
 _TERMINAL = {"finished": "FINISHED", "pruned": "FINISHED", "stopped": "FINISHED", "failed": "FAILED"}
+
+
+class TrackingUnavailable(MlflowException):
+    """The tracking server does not answer (refused, timed out, 502-504): nothing was logged."""
+
+    def __init__(self, uri: str, what: str, cause: str) -> None:
+        super().__init__(f"MLflow at {uri} cannot be reached ({what}: {cause})")
+        self.uri = uri
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -67,16 +93,13 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
     """Raise ValueError naming `uri` and the fix when nothing could be logged there."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-        except urllib.error.HTTPError:
-            return  # it answered: a server is there (a proxy may not serve /health)
-        except (urllib.error.URLError, OSError) as exc:
+    if _is_remote(uri):
+        problem = _health(uri, timeout_s)
+        if problem:
             raise ValueError(
-                f"tracking URI {uri}: no MLflow server answers ({getattr(exc, 'reason', exc)}); start one "
+                f"tracking URI {uri}: no MLflow server answers ({problem}); start one "
                 "(mlflow server --host 127.0.0.1 --port 5000) or set --tracking-uri / MLFLOW_TRACKING_URI"
-            ) from exc
+            )
         return
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])  # the database file
@@ -93,18 +116,71 @@ def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
         raise ValueError(f"tracking URI {uri}: {writable} is not writable; fix its permissions {fix}")
 
 
-def retry(call: Callable[[], T], what: str) -> T:
-    """`call()`, again after a pause when it fails with a transient store or network error."""
-    for delay in (*RETRY_DELAYS, None):
+def retry(call: Callable[[], T], what: str, client: MlflowClient | None = None) -> T:
+    """`call()`, again after a pause when it fails with a transient store or network error.
+
+    With `client`, a server found unreachable raises TrackingUnavailable, now and (after a failed health
+    probe) for every later call to it until it answers again.
+    """
+    uri = client.tracking_uri if client is not None and _is_remote(client.tracking_uri) else None
+    if uri in _DOWN:
+        problem = _health(uri, HEALTH_TIMEOUT_S)
+        if problem:
+            raise TrackingUnavailable(uri, what, f"still down: {problem}")
+        _DOWN.pop(uri, None)
+    delays = () if _FAIL_FAST.get() else RETRY_DELAYS
+    for delay in (*delays, None):
         try:
-            return call()
+            result = call()
         except (MlflowException, OSError) as exc:
+            if isinstance(exc, TrackingUnavailable):
+                raise
             text = f"{type(exc).__name__}: {exc}".lower()
             if delay is None or not any(marker in text for marker in _TRANSIENT):
+                if uri and any(marker in text for marker in _UNREACHABLE):
+                    _DOWN[uri] = time.monotonic()
+                    raise TrackingUnavailable(uri, what, first_line(exc)) from exc
                 raise
-            log.warning("MLflow: %s failed (%s); retrying in %.1f s", what, str(exc).splitlines()[0], delay)
+            log.warning("MLflow: %s failed (%s); retrying in %.1f s", what, first_line(exc), delay)
             time.sleep(delay)
+        else:
+            return result
     raise AssertionError("unreachable")
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The start of an error's message, for a one-line report."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` is a store that is busy or a server that does not answer: worth trying again later."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return isinstance(exc, TrackingUnavailable) or any(marker in text for marker in _TRANSIENT)
+
+
+@contextmanager
+def fail_fast(timeout_s: int = 15) -> Iterator[None]:
+    """One attempt per call (and one quick HTTP retry, for a stale pooled connection), for a caller that
+    keeps what failed and tries again later: the Tune callback, which must not stall the sweep.
+
+    MLflow reads its HTTP retry settings from the environment at each request, so they are set here and
+    put back afterwards: for the driver's thread, which is the only one that writes to MLflow.
+    """
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    token = _FAIL_FAST.set(True)
+    try:
+        yield
+    finally:
+        _FAIL_FAST.reset(token)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -120,7 +196,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
                              "or choose another sweep name")
         return str(experiment.experiment_id)
 
-    return retry(get_or_create, f"experiment {name!r}")
+    return retry(get_or_create, f"experiment {name!r}", client)
 
 
 def start_sweep_run(client: MlflowClient, sweep: str, params: Mapping[str, Any],
@@ -138,15 +214,15 @@ def start_sweep_run(client: MlflowClient, sweep: str, params: Mapping[str, Any],
             run_id = client.create_run(experiment_id, run_name=f"{sweep}-sweep", tags=tags).info.run_id
         return run_id
 
-    run_id = retry(get_or_create, f"parent run of sweep {sweep!r}")
-    _log_params_and_tags(client, run_id, params, {**(tags or {}), TAG_SWEEP: sweep, TAG_STATUS: "running"})
+    run_id = retry(get_or_create, f"parent run of sweep {sweep!r}", client)
+    log_params_and_tags(client, run_id, params, {**(tags or {}), TAG_SWEEP: sweep, TAG_STATUS: "running"})
     return run_id
 
 
 def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> str | None:
     """The run of a Ray Tune trial (by tag sweepboard.trial_id), or None."""
     found = retry(lambda: _search(client, experiment_id, f"tags.`{TAG_TRIAL_ID}` = '{_quote(trial_id)}'"),
-                  f"search for trial {trial_id}")
+                  f"search for trial {trial_id}", client)
     return found.info.run_id if found else None
 
 
@@ -168,8 +244,8 @@ def get_or_create_trial_run(client: MlflowClient, experiment_id: str, parent_run
             TAG_PARENT: parent_run_id, TAG_ROLE: role, TAG_TRIAL_ID: trial_id, TAG_STATUS: "running",
         }).info.run_id
 
-    run_id = retry(get_or_create, f"run of trial {trial_id}")
-    _log_params_and_tags(client, run_id, params, {**(tags or {}), TAG_ROLE: role, TAG_STATUS: "running"})
+    run_id = retry(get_or_create, f"run of trial {trial_id}", client)
+    log_params_and_tags(client, run_id, params, {**(tags or {}), TAG_ROLE: role, TAG_STATUS: "running"})
     return run_id
 
 
@@ -178,7 +254,7 @@ def log_step_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, An
     now = int(time.time() * 1000)
     batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items() if _is_number(value)]
     if batch:
-        retry(lambda: client.log_batch(run_id, metrics=batch), f"metrics of run {run_id}")
+        retry(lambda: client.log_batch(run_id, metrics=batch), f"metrics of run {run_id}", client)
 
 
 def finish_trial_run(client: MlflowClient, run_id: str, final: Mapping[str, Any], status: str,
@@ -188,23 +264,23 @@ def finish_trial_run(client: MlflowClient, run_id: str, final: Mapping[str, Any]
         raise ValueError(f"status: {status!r}: a finished trial is one of {', '.join(_TERMINAL)}")
     metrics = {key: final[key] for key in FINAL_METRICS if key in final}
     # MLflow shows a metric's value at its highest step, so finals go at or after the last curve point.
-    log_step_metrics(client, run_id, metrics, _last_step(client, run_id, metrics, final.get("steps_done")))
+    log_step_metrics(client, run_id, metrics, final_step(client, run_id, metrics, final.get("steps_done")))
     tags = {TAG_STATUS: status}
     for key, tag in (("test_set_sha256", TAG_TEST_SHA), ("metric", TAG_METRIC), ("method", TAG_METHOD)):
         if final.get(key):
             tags[tag] = str(final[key])
     if error:
         tags[TAG_ERROR] = error[-MAX_TAG_VAL_LENGTH:]  # the end of a traceback names the cause
-    _log_params_and_tags(client, run_id, {}, tags)
+    log_params_and_tags(client, run_id, {}, tags)
     if artifacts_dir:
-        _log_trial_artifacts(client, run_id, Path(artifacts_dir))
-    retry(lambda: client.set_terminated(run_id, _TERMINAL[status]), f"end of run {run_id}")
+        log_trial_artifacts(client, run_id, Path(artifacts_dir))
+    end_run(client, run_id, _TERMINAL[status])
 
 
 def interrupt_trial_run(client: MlflowClient, run_id: str) -> None:
     """End the run of a trial the sweep left unfinished (interrupted); a resume reopens it."""
-    _log_params_and_tags(client, run_id, {}, {TAG_STATUS: "stopped"})
-    retry(lambda: client.set_terminated(run_id, "KILLED"), f"end of run {run_id}")
+    log_params_and_tags(client, run_id, {}, {TAG_STATUS: "stopped"})
+    end_run(client, run_id, "KILLED")
 
 
 def finish_sweep_run(client: MlflowClient, run_id: str, metrics: Mapping[str, Any],
@@ -215,13 +291,14 @@ def finish_sweep_run(client: MlflowClient, run_id: str, metrics: Mapping[str, An
     log_step_metrics(client, run_id, metrics, 0)
     for artifact in map(Path, artifacts):
         if artifact.is_dir():
-            retry(partial(client.log_artifacts, run_id, str(artifact), artifact.name), f"artifact {artifact}")
+            retry(partial(client.log_artifacts, run_id, str(artifact), artifact.name), f"artifact {artifact}",
+                  client)
         elif artifact.is_file():
-            retry(partial(client.log_artifact, run_id, str(artifact)), f"artifact {artifact}")
+            retry(partial(client.log_artifact, run_id, str(artifact)), f"artifact {artifact}", client)
         else:
             raise FileNotFoundError(f"sweep artifact {artifact} does not exist")
-    _log_params_and_tags(client, run_id, {}, {TAG_STATUS: status})
-    retry(lambda: client.set_terminated(run_id, _TERMINAL[status]), f"end of run {run_id}")
+    log_params_and_tags(client, run_id, {}, {TAG_STATUS: status})
+    end_run(client, run_id, _TERMINAL[status])
 
 
 def param_value(value: Any) -> str | None:
@@ -231,6 +308,51 @@ def param_value(value: Any) -> str | None:
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)  # target_modules read back as "q_proj,k_proj,..."
     return str(value)[:MAX_PARAM_VAL_LENGTH]
+
+
+# Read helpers and single writes for `sweepboard sync`, which compares what a run holds with Ray's record
+# of the trial and writes only what is missing.
+
+def find_sweep_run(client: MlflowClient, experiment_id: str) -> Run | None:
+    """The parent run of the sweep in `experiment_id` (role sweep), or None."""
+    return retry(lambda: _search(client, experiment_id, f"tags.`{TAG_ROLE}` = 'sweep'"), "parent run", client)
+
+
+def get_run(client: MlflowClient, run_id: str) -> Run:
+    return retry(lambda: client.get_run(run_id), f"run {run_id}", client)
+
+
+def metric_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
+    """The steps at which `key` has a point in the run."""
+    history = retry(partial(client.get_metric_history, run_id, key), f"history of {key}", client)
+    return {int(m.step) for m in history}
+
+
+def log_metric_points(client: MlflowClient, run_id: str, points: Iterable[tuple[str, float, int]]) -> None:
+    """Log (key, value, step) points, finite numbers only, in batches MLflow accepts."""
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, int(step)) for key, value, step in points if _is_number(value)]
+    for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
+        chunk = batch[start:start + MAX_METRICS_PER_BATCH]
+        retry(partial(client.log_batch, run_id, metrics=chunk), f"metrics of run {run_id}", client)
+
+
+def artifact_names(client: MlflowClient, run_id: str) -> set[str]:
+    """The top-level artifact names of a run (files and folders)."""
+    listed = retry(lambda: client.list_artifacts(run_id), f"artifacts of run {run_id}", client)
+    return {Path(info.path).name for info in listed}
+
+
+def mlflow_status(status: str) -> str:
+    """The MLflow run status that a trial's final sweepboard status ends its run with."""
+    if status not in _TERMINAL:
+        raise ValueError(f"status: {status!r}: a finished trial is one of {', '.join(_TERMINAL)}")
+    return _TERMINAL[status]
+
+
+def end_run(client: MlflowClient, run_id: str, run_status: str) -> None:
+    """End a run with an MLflow status (FINISHED, FAILED, KILLED)."""
+    retry(lambda: client.set_terminated(run_id, run_status), f"end of run {run_id}", client)
 
 
 def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> Run | None:
@@ -250,10 +372,10 @@ def _reopen(client: MlflowClient, run: Run) -> None:
         client.delete_tag(run.info.run_id, TAG_ERROR)  # the error of an earlier attempt no longer holds
 
 
-def _log_params_and_tags(client: MlflowClient, run_id: str, params: Mapping[str, Any],
-                         tags: Mapping[str, str]) -> None:
+def log_params_and_tags(client: MlflowClient, run_id: str, params: Mapping[str, Any],
+                        tags: Mapping[str, str]) -> None:
     """Params are write-once in MLflow: on resume only new ones are logged, changed ones are warned about."""
-    existing = retry(lambda: client.get_run(run_id), f"run {run_id}").data.params if params else {}
+    existing = retry(lambda: client.get_run(run_id), f"run {run_id}", client).data.params if params else {}
     new: list[Param] = []
     for key, raw in params.items():
         value = param_value(raw)
@@ -268,26 +390,52 @@ def _log_params_and_tags(client: MlflowClient, run_id: str, params: Mapping[str,
     for start in range(0, max(len(new), len(run_tags)), MAX_PARAMS_TAGS_PER_BATCH):
         chunk_p = new[start:start + MAX_PARAMS_TAGS_PER_BATCH]
         chunk_t = run_tags[start:start + MAX_PARAMS_TAGS_PER_BATCH]
-        retry(partial(client.log_batch, run_id, params=chunk_p, tags=chunk_t), f"params of run {run_id}")
+        retry(partial(client.log_batch, run_id, params=chunk_p, tags=chunk_t), f"params of run {run_id}",
+              client)
 
 
-def _last_step(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], steps_done: Any) -> int:
-    logged = retry(lambda: client.get_run(run_id), f"run {run_id}").data.metrics
+def final_step(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], steps_done: Any) -> int:
+    """Where final metrics go: MLflow shows a metric's value at its highest step, so at or after the last
+    point of any curve of the same name."""
+    logged = retry(lambda: client.get_run(run_id), f"run {run_id}", client).data.metrics
     step = int(steps_done) if _is_number(steps_done) else 0
     for key in metrics:
         if key in logged:
-            history = retry(partial(client.get_metric_history, run_id, key), f"history of {key}")
+            history = retry(partial(client.get_metric_history, run_id, key), f"history of {key}", client)
             step = max([step, *(m.step for m in history)])
     return step
 
 
-def _log_trial_artifacts(client: MlflowClient, run_id: str, folder: Path) -> None:
-    for name in (ARTIFACT_METRICS, ARTIFACT_PREDICTIONS):
-        if (folder / name).is_file():
-            retry(partial(client.log_artifact, run_id, str(folder / name)), f"artifact {name}")
-    if (folder / ARTIFACT_ADAPTER_DIR).is_dir():
+def trial_artifacts(folder: Path) -> list[str]:
+    """The artifacts of a trial that `folder` (its final checkpoint or output folder) holds."""
+    found = [name for name in (ARTIFACT_METRICS, ARTIFACT_PREDICTIONS) if (folder / name).is_file()]
+    return found + ([ARTIFACT_ADAPTER_DIR] if (folder / ARTIFACT_ADAPTER_DIR).is_dir() else [])
+
+
+def log_trial_artifacts(client: MlflowClient, run_id: str, folder: Path, skip: Iterable[str] = ()) -> None:
+    """Log what trial_artifacts(folder) finds, except the names in `skip` (already logged)."""
+    names = [name for name in trial_artifacts(folder) if name not in set(skip)]
+    for name in names:
+        if name != ARTIFACT_ADAPTER_DIR:
+            retry(partial(client.log_artifact, run_id, str(folder / name)), f"artifact {name}", client)
+    if ARTIFACT_ADAPTER_DIR in names:
         retry(lambda: client.log_artifacts(run_id, str(folder / ARTIFACT_ADAPTER_DIR), ARTIFACT_ADAPTER_DIR),
-              f"artifact {ARTIFACT_ADAPTER_DIR}/")
+              f"artifact {ARTIFACT_ADAPTER_DIR}/", client)
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _health(uri: str, timeout_s: float) -> str | None:
+    """None if a server answers at `uri` (any HTTP answer: a proxy may not serve /health), else why not."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
 
 
 def _is_number(value: Any) -> bool:

@@ -263,3 +263,73 @@ def test_retry_survives_a_really_locked_sqlite_file(client, tmp_path, monkeypatc
         holder.close()
     assert time.monotonic() - started > 20  # it really was locked, then retried
     assert client.get_run(run_id).data.metrics == {"train_loss": 1.0}
+
+
+def test_fail_fast_tries_once_and_puts_the_http_settings_back(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    calls: list[int] = []
+
+    def locked() -> None:
+        calls.append(1)
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    with store.fail_fast(timeout_s=7):
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+        with pytest.raises(MlflowException, match="locked") as raised:
+            store.retry(locked, "locked")
+    assert len(calls) == 1  # no pauses, no second attempt: the caller keeps the write for later
+    assert store.is_transient(raised.value) and not store.is_transient(MlflowException("Run 'x' not found"))
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+
+def test_a_server_that_went_away_fails_fast_until_it_answers_again(monkeypatch):
+    monkeypatch.setattr(store, "RETRY_DELAYS", (0.0,))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port = free_port()
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+    with pytest.raises(store.TrackingUnavailable, match=rf"127.0.0.1:{port} cannot be reached") as raised:
+        store.ensure_experiment(client, "demo")
+    assert raised.value.uri == client.tracking_uri and isinstance(raised.value, MlflowException)
+    # Known to be down: the next call asks /health (2 s at most) instead of MLflow's minutes of retries.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    started = time.monotonic()
+    with pytest.raises(store.TrackingUnavailable, match="still down"):
+        store.log_step_metrics(client, "run-id", {"train_loss": 1.0}, step=1)
+    assert time.monotonic() - started < 5
+    # Something answers there again: calls go through to it (this one gets a 404 from a plain file server).
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(MlflowException) as answered:
+            store.ensure_experiment(client, "demo")
+        assert not isinstance(answered.value, store.TrackingUnavailable)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(store.TrackingUnavailable):  # gone again
+        store.ensure_experiment(client, "demo")
+
+
+def test_helpers_for_sync_read_and_write_only_what_is_asked(client, tmp_path):
+    experiment_id, parent, run_id = trial_run(client)
+    assert store.find_sweep_run(client, experiment_id).info.run_id == parent
+    points = [("train_loss", 1.0 / step, step) for step in range(1, 1502)] + [("cost_usd", math.nan, 3)]
+    store.log_metric_points(client, run_id, points)  # more than one batch; the NaN is left out
+    assert store.metric_steps(client, run_id, "train_loss") == set(range(1, 1502))
+    assert store.metric_steps(client, run_id, "cost_usd") == set()
+    folder = tmp_path / "final"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    (folder / "metrics.json").write_text("{}")
+    assert store.trial_artifacts(folder) == ["metrics.json", "adapter"]
+    store.log_trial_artifacts(client, run_id, folder, skip=["adapter"])
+    assert store.artifact_names(client, run_id) == {"metrics.json"}
+    store.log_trial_artifacts(client, run_id, folder, skip=store.artifact_names(client, run_id))
+    assert store.artifact_names(client, run_id) == {"metrics.json", "adapter"}
+    assert store.mlflow_status("pruned") == "FINISHED" and store.mlflow_status("failed") == "FAILED"
+    store.end_run(client, run_id, "KILLED")
+    assert store.get_run(client, run_id).info.status == "KILLED"
