@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import fcntl
+import hashlib
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,6 @@ BASELINE_ID = "baseline"
 
 def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote: Any, root: Path,
             resume: bool) -> int:  # fmt: skip
-    import mlflow
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -36,7 +38,7 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     prepare(base)  # lock the test set and convert the model once, here, not in N racing trials
 
     uri = sweep_config.tracking_uri(cfg)
-    client = mlflow.MlflowClient(uri)
+    client = tracking_client(uri)
     sweep_params = {"budget_usd": budget_usd, "price_per_hour": quote.usd_per_hour, "max_trials": cfg.max_trials,
                     "concurrency": cfg.concurrency, "space": space.source, "config": cfg.source}  # fmt: skip
     parent = mlflow_store.start_sweep_run(
@@ -122,6 +124,22 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     finally:
         finish(cfg, client, parent, grid, ledger, baseline_cost, root, uri)
     return 0
+
+
+def tracking_client(uri: str) -> Any:
+    """A client whose store exists. MLflow creates a new SQLite store's tables on first use without a lock
+    between processes (its tracking store, unlike its jobs store), so two sweeps started at once on a new
+    mlflow.db both run the migrations and one dies ("duplicate column name: step"). One creates it here
+    while the other waits on a file lock; afterwards the lock costs one uncontended flock."""
+    import mlflow
+
+    if not uri.startswith("sqlite:///"):
+        return mlflow.MlflowClient(uri)  # a server creates its store once, when it starts
+    path = str(Path(uri.removeprefix("sqlite:///")).resolve())
+    name = f"sweepboard-mlflow-init-{hashlib.sha256(path.encode()).hexdigest()[:16]}.lock"
+    with open(Path(tempfile.gettempdir()) / name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return mlflow.MlflowClient(uri)  # the client opens the store (creating its tables) right away
 
 
 def trial_dirname(trial: Any) -> str:
