@@ -18,7 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces.params import Categorical, Fixed, ParamSpec, SuggestingTrial, describe, is_searched
+from search_spaces.params import (
+    Categorical,
+    Fixed,
+    ParamSpec,
+    SuggestingTrial,
+    describe,
+    is_searched,
+    spec_bounds,
+)
+from search_spaces.targets import TargetModulesError, resolve_targets
 
 METHODS = ("lora", "qlora", "full")
 CONFIG_KEYS = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
@@ -121,6 +130,19 @@ class SearchSpace:
                 problems.append(
                     (f"{where}.{key}", config.get(key), f"outside the space: {what} must be {describe(spec)}")
                 )
+        return problems
+
+    def target_problems(self, module_names: set[str]) -> list[str]:
+        """Every target_modules value the space can propose that names modules the model lacks, so a sweep
+        refuses it before any trial starts (each trial would fail on it, and be billed)."""
+        problems = []
+        for method in self.method_names:
+            spec = self.methods[method].params.get("target_modules")
+            for suffix, value in spec_bounds(spec) if spec is not None else []:
+                try:
+                    resolve_targets(str(value), module_names)
+                except TargetModulesError as exc:
+                    problems.append(f"{self.source}: methods.{method}.target_modules.{suffix}: {exc}")
         return problems
 
     def sample_random(self, rng: random.Random) -> dict[str, Any]:

@@ -154,6 +154,15 @@ def _check(cfg: SweepConfig) -> list[str]:
         p.append(
             f"{s}: price_per_hour: {cfg.price_per_hour!r}: a positive number of US dollars per hour, e.g. 3.0"
         )
+    for key, kinds, what in (
+        ("space", (str,), "a built-in search space name (default, smoke) or the path of a YAML file"),
+        ("storage", (str,), "a folder path (or a bucket URI on a cluster), e.g. runs/sweeps"),
+        ("tracking_uri", (str, type(None)), "an MLflow tracking URI, e.g. sqlite:///mlflow.db, or leave it out"),
+        ("baseline", (bool,), "true or false"),
+    ):
+        value = getattr(cfg, key)
+        if not isinstance(value, kinds) or (isinstance(value, str) and not value.strip()):
+            p.append(f"{s}: {key}: {value!r}: give {what}")
     if not isinstance(cfg.trial, dict):
         p.append(f"{s}: trial: {cfg.trial!r}: a mapping of trial settings (model, data, steps, ...)")
         cfg.trial = {}

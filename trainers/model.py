@@ -36,32 +36,46 @@ def resolve(cfg: TrialConfig) -> str:
         return str(_once(cache / "smollm2-135m-instruct", _convert_default))
     if cfg.model == TINY_MODEL:
         return str(_once(cache / "tiny-llama", _build_tiny))
-    path = Path(cfg.model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
+    folder = _local_folder(cfg)
+    return str(folder) if folder is not None else cfg.model  # a hub id: fetched where the hub is reachable
+
+
+def check(cfg: TrialConfig) -> set[str] | None:
+    """What `resolve` and `load` would refuse, found without converting, loading weights or training: a
+    missing folder, a folder that is not a Hugging Face model, a model that is not a causal LM. A sweep calls
+    it before it spends anything. Returns the model's Linear module names, to check target modules against
+    (None where they cannot be known without loading it)."""
+    if cfg.model in (DEFAULT_MODEL, TINY_MODEL):
+        cache = Path(cfg.cache_dir or Path(os.environ.get("SWEEPBOARD_CACHE", ".cache")) / "models")
+        target = cache / ("smollm2-135m-instruct" if cfg.model == DEFAULT_MODEL else "tiny-llama")
+        if not (target / "config.json").is_file():
+            _gguf_dir()  # converting needs the package: say so now, not in every trial
+        return set(LLAMA_LINEAR)  # both are built here as LlamaForCausalLM
+    folder = _local_folder(cfg)
+    if folder is None:
+        from transformers import AutoConfig
+
+        try:
+            hf_config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as exc:
             raise ModelError(
-                f"model: {cfg.model!r}: no config.json in that folder; give a Hugging Face model folder"
-            )
-        return str(path)
-    if cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") != 1:
-        raise ModelError(
-            f"model: {cfg.model!r}: no such folder, and not a hub id (owner/name); give a local Hugging Face "
-            f"causal LM folder, a hub id, or {DEFAULT_MODEL} (the embedded default)"
-        )
-    return cfg.model  # a hub id: from_pretrained fetches it where the hub is reachable
+                f"model: {cfg.model!r}: no such folder here, and no hub model of that id could be read "
+                f"({_first_line(exc)}); give an existing local causal LM folder (check the path), a reachable "
+                f"hub id, or {DEFAULT_MODEL} (the embedded default)"
+            ) from exc
+    else:
+        hf_config = _read_config(str(folder), cfg)
+    _check_causal(hf_config, cfg)
+    if folder is not None:
+        _check_files(folder, cfg)
+    return _linear_names_of(hf_config, cfg)
 
 
 def load(path: str, cfg: TrialConfig, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """Tokenizer and model for the method; LoRA/QLoRA wrapped by PEFT, targets checked first."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"model: {cfg.model!r}: cannot read its config: {exc}") from exc
-    archs = getattr(hf_config, "architectures", None) or []
-    if archs and not any(a.endswith("ForCausalLM") for a in archs):
-        raise ModelError(f"model: {cfg.model!r}: is a {', '.join(archs)}, not a causal LM (…ForCausalLM)")
+    _check_causal(_read_config(path, cfg), cfg)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -89,9 +103,101 @@ def load(path: str, cfg: TrialConfig, device: str, dtype: torch.dtype) -> tuple[
 
 def linear_names(model: nn.Module) -> set[str]:
     import bitsandbytes as bnb
+    from transformers.pytorch_utils import Conv1D  # GPT-2 style models use it where others use Linear
 
-    kinds: tuple[type, ...] = (nn.Linear, bnb.nn.Linear4bit)
+    kinds: tuple[type, ...] = (nn.Linear, bnb.nn.Linear4bit, Conv1D)
     return {name for name, mod in model.named_modules() if isinstance(mod, kinds)}
+
+
+# --- checks, before anything is loaded -------------------------------------------------------------------
+
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")  # fmt: skip
+CAUSAL_FIX = (
+    "sweepboard fine-tunes causal (decoder-only, next-token) language models: give a folder of one "
+    f"(Llama, Qwen, Mistral, SmolLM, GPT-2, ...) or {DEFAULT_MODEL} (the embedded default)"
+)
+
+
+def _local_folder(cfg: TrialConfig) -> Path | None:
+    """The model's folder, None for a hub id, a ModelError for a path that does not exist."""
+    path = Path(cfg.model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(
+                f"model: {cfg.model!r}: no config.json there, so it is not a Hugging Face causal language "
+                "model folder; give the folder that save_pretrained wrote (config.json, weights, tokenizer) "
+                f"of a causal LM, or {DEFAULT_MODEL} (the embedded default)"
+            )
+        return path
+    if cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") != 1:
+        raise ModelError(
+            f"model: {cfg.model!r}: no such folder, and not a hub id (owner/name); give a local Hugging Face "
+            f"causal LM folder, a hub id, or {DEFAULT_MODEL} (the embedded default)"
+        )
+    return None
+
+
+def _check_files(folder: Path, cfg: TrialConfig) -> None:
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise ModelError(
+            f"model: {cfg.model!r}: no weights in that folder (*.safetensors or pytorch_model*.bin); save the "
+            "model there with model.save_pretrained(folder)"
+        )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"model: {cfg.model!r}: no tokenizer in that folder ({', '.join(TOKENIZER_FILES[:2])}, ...); save "
+            "it there with tokenizer.save_pretrained(folder)"
+        )
+
+
+def _read_config(path: str, cfg: TrialConfig) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        remote = "trust_remote_code" in str(exc)
+        fix = ("it ships its own code: set trust_remote_code: true in the trial config only if you trust that "
+               "code" if remote else "check that it is the config.json of a Hugging Face causal LM")  # fmt: skip
+        raise ModelError(f"model: {cfg.model!r}: cannot read its config ({_first_line(exc)}); {fix}") from exc
+
+
+def _check_causal(hf_config: Any, cfg: TrialConfig) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+
+    if "AutoModelForCausalLM" in (getattr(hf_config, "auto_map", None) or {}):
+        return  # remote code that declares a causal LM class
+    causal_classes = {c for v in CAUSAL.values() for c in ((v,) if isinstance(v, str) else v)}
+    archs = list(getattr(hf_config, "architectures", None) or [])
+    if archs:
+        if any(a in causal_classes or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            return
+        what = f"a {', '.join(archs)}"
+    else:
+        model_type = getattr(hf_config, "model_type", None)
+        if model_type in CAUSAL:
+            return
+        what = f"a model of type {model_type!r} that has no causal LM head"
+    raise ModelError(f"model: {cfg.model!r}: is {what}, not a causal language model; {CAUSAL_FIX}")
+
+
+def _linear_names_of(hf_config: Any, cfg: TrialConfig) -> set[str] | None:
+    """Linear module names of the architecture, built on the meta device: no memory, no weights read."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=cfg.trust_remote_code)
+    except Exception:  # an architecture that cannot be built empty: the trial checks targets on load
+        return None
+    return {name.rsplit(".", 1)[-1] for name in linear_names(skeleton)}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _with_lora(model: Any, cfg: TrialConfig) -> Any:

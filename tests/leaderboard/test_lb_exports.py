@@ -196,3 +196,23 @@ def test_unknown_format_is_refused(board) -> None:
     ranked, decision = board
     with pytest.raises(ValueError, match="unknown format 'xlsx'"):
         export(ranked, decision, "xlsx", None)
+
+
+def test_html_escapes_parameters_and_tags_too(frame, make_row) -> None:
+    """Not only run names: every parameter and tag that reaches the page (modules, commit, sweep, metric,
+    test-set hash, run id) comes from a config or from MLflow and stays text."""
+    script = "<script>alert(2)</script>"
+    ranked = rank_runs(frame(
+        make_row("base", "none", 0.40, 0.05, sweep=script, metric=script, test_set_sha256=script),
+        make_row("lora_a", "lora", 0.80, 1.0, sweep=script, metric=script, test_set_sha256=script,
+                 target_modules=script, git_commit=script, run_id=script),
+    ))
+    page = to_html(ranked, decide(ranked))
+    assert "<script" not in page.lower()
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    assert "script" not in parser.tags
+    text = "".join(parser.text)
+    assert script in text  # the sweep name in the title, the modules in the table: shown literally
+    assert "<script>al" in parser.cells  # the commit column, cut to 10 characters, still escaped

@@ -1,0 +1,444 @@
+"""Bad input, through the real CLI as a user meets it: every case exits 2 with a message that names the
+problem and the fix, before anything is spent (no Ray, no training), and writes nothing: no sweep folder,
+no MLflow store, no lock created or changed, no trial output.
+
+One table, each case through the CLI's entry point (`sweeps.cli.main`, what `sweepboard` runs), one case
+per family also as its own process (`python -m sweeps.cli ...`). Below it, the security defaults: trust_remote_code off unless set (and passed to every from_pretrained as given), servers
+bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache"
+SMOKE = REPO / "sweeps" / "configs" / "smoke.yaml"
+SMOKE_LOCK = CACHE / "locks" / "dates-n300-seed1234-test40"  # the smoke config's builtin data, shared
+SMOKE_DATA = {"n_examples": 300, "test_size": 40, "val_size": 20}
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+
+
+def rows(n: int, start: int = 0) -> list[dict[str, str]]:
+    return [{"prompt": f"What is {i} plus {i}?", "completion": str(2 * i)} for i in range(start, start + n)]
+
+
+def write_jsonl(path: Path, items: list[dict[str, Any]]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in items))
+    return str(path)
+
+
+def write_yaml(path: Path, data: Any) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def sweep_config(tmp: Path, trial: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+                 **top: Any) -> str:  # fmt: skip
+    """The smoke sweep (tiny model, builtin data), changed where a case says so."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw.update(name="bad", **top)
+    raw["trial"].update(trial or {})
+    raw["trial"]["data"].update(data or {})
+    return write_yaml(tmp / "in" / "sweep.yaml", raw)
+
+
+def own_data(tmp: Path, source: str) -> dict[str, Any]:
+    return {"source": source, "lock_dir": str(tmp / "lock"), "test_size": 40, "val_size": 20}
+
+
+def lora_space(**params: Any) -> dict[str, Any]:
+    lora = {
+        "rank": {"type": "categorical", "choices": [4, 8]},
+        "alpha_ratio": {"type": "fixed", "value": 2},
+        "target_modules": {"type": "fixed", "value": "attention"},
+        "lora_dropout": {"type": "fixed", "value": 0.05},
+        "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+    }
+    lora.update(params)
+    return {"methods": {"lora": lora}}
+
+
+def space_file(tmp: Path, data: dict[str, Any]) -> str:
+    return write_yaml(tmp / "in" / "space.yaml", data)
+
+
+def model_folder(tmp: Path, config: dict[str, Any] | None, files: tuple[str, ...] = ()) -> str:
+    folder = tmp / "in" / "model"
+    folder.mkdir(parents=True)
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    for name in files:
+        (folder / name).write_text("{}")
+    return str(folder)
+
+
+BERT = {"architectures": ["BertForMaskedLM"], "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 100}  # fmt: skip
+LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 100}  # fmt: skip
+
+
+def tampered_lock(tmp: Path) -> Path:
+    """A lock of the builtin task in tmp, whose test file was edited after it was locked."""
+    from trainers.config import DataConfig
+    from trainers.data import prepare
+
+    lock = tmp / "lock"
+    prepare(DataConfig(**SMOKE_DATA, lock_dir=str(lock)))  # type: ignore[arg-type]
+    test = lock / "test.jsonl"
+    first, rest = test.read_text().split("\n", 1)
+    row = json.loads(first)
+    row["completion"] = "1999-01-01"  # someone "fixed" an answer in the locked set
+    test.write_text(json.dumps(row) + "\n" + rest)
+    return lock
+
+
+# --- the table ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    id: str
+    args: Callable[[Path], list[str]]  # the command line after `sweepboard`, given the test's folder
+    says: tuple[str, ...]  # every one must appear in stderr: the problem and the fix
+    code: int = 2
+    may_create: tuple[str, ...] = field(default=())  # empty folders allowed to appear (see train_out)
+
+
+def sweep(*args: str, budget: str = "5") -> list[str]:
+    return ["sweep", "--budget", budget, *args]
+
+
+Args = Callable[[Path], list[str]]
+
+
+def sweep_on_data(make: Callable[[Path], str]) -> Args:
+    """The smoke sweep on bring-your-own data made by `make` (a path), locked in the test's folder."""
+    return lambda t: sweep("--config", sweep_config(t, data=own_data(t, make(t))))
+
+
+def sweep_on_space(space: dict[str, Any]) -> Args:
+    return lambda t: sweep("--config", "smoke", "--space", space_file(t, space))
+
+
+def sweep_with_trial(make: Callable[[Path], dict[str, Any]]) -> Args:
+    return lambda t: sweep("--config", sweep_config(t, trial=make(t)))
+
+
+def train(make: Callable[[Path], dict[str, Any]], *args: str) -> Args:
+    """`train` with a trial config file (tiny model, the smoke data) changed by `make`."""
+    return lambda t: ["train", "--config", trial_yaml(t, **make(t)), *args, "--out", train_out(t)]
+
+
+def train_out(tmp: Path) -> str:
+    # `train` makes its output folder before it reads data and model (trainers/trial.py); the cases check
+    # that nothing is written into it.
+    return str(tmp / "out")
+
+
+def trial_yaml(tmp: Path, **settings: Any) -> str:
+    raw = {"model": "builtin:tiny", "steps": 2, "data": SMOKE_DATA, **settings}
+    return write_yaml(tmp / "in" / "trial.yaml", raw)
+
+
+def junk(name: str, content: bytes) -> Callable[[Path], str]:
+    return lambda t: str(_write_bytes(t / "in" / name, content))
+
+
+def jsonl(name: str, items: list[dict[str, Any]]) -> Callable[[Path], str]:
+    return lambda t: write_jsonl(t / "in" / name, items)
+
+
+LORA = lora_space()["methods"]["lora"]
+OUT = ("out",)  # `train` cases: the (empty) output folder may appear
+
+CASES = [
+    # Budget.
+    Case("budget-missing", lambda t: ["sweep", "--config", "smoke"], ("--budget", "required")),
+    Case("budget-zero", lambda t: sweep("--config", "smoke", budget="0"),
+         ("--budget must be a positive number of US dollars, got '0'", "pass e.g. --budget 30")),
+    Case("budget-negative", lambda t: sweep("--config", "smoke", budget="-3"),
+         ("--budget must be a positive number of US dollars, got '-3'", "pass e.g. --budget 30")),
+    Case("budget-not-a-number", lambda t: sweep("--config", "smoke", budget="thirty"),
+         ("got 'thirty'", "pass e.g. --budget 30")),
+    Case("budget-below-one-trial", lambda t: sweep("--config", "smoke", "--price-per-hour", "100", budget="0.5"),
+         ("--budget $0.50 is below one trial's projected cost $0.83 (estimate_trial_seconds=30 at $100.00/h)",
+          "raise --budget to at least $0.83", "lower estimate_trial_seconds")),
+    # Data.
+    Case("data-missing", sweep_on_data(lambda t: str(t / "nope.jsonl")),
+         ("data.source", "nope.jsonl", "no such file", "give a .jsonl, .csv or .parquet file")),
+    Case("data-empty", sweep_on_data(jsonl("empty.jsonl", [])),
+         ("empty.jsonl", "the file is empty", "give rows with the columns")),
+    Case("data-junk-jsonl", sweep_on_data(junk("junk.jsonl", bytes(range(256)) * 40)),
+         ("junk.jsonl", "could not read it as JSON Lines", "JSON parse error",
+          "check that the file is valid JSON Lines")),
+    Case("data-corrupt-parquet", sweep_on_data(junk("data.parquet", b"PAR1" + bytes(range(200)) * 5 + b"PAR1")),
+         ("data.parquet", "could not read it as Parquet", "check that the file is valid Parquet")),
+    Case("data-wrong-columns",
+         sweep_on_data(jsonl("cols.jsonl", [{"text": r["prompt"], "label": r["completion"]} for r in rows(100)])),
+         ("missing column(s) prompt, completion; it has text, label", "set data.prompt_column")),
+    Case("data-too-few", sweep_on_data(jsonl("few.jsonl", rows(30))),
+         ("30 usable examples, need at least 61", "test_size 40 + val_size 20", "add data or lower them")),
+    Case("data-duplicate-prompts",
+         sweep_on_data(jsonl("dup.jsonl", rows(100) + [{"prompt": "  WHAT is 7 plus 7?", "completion": "14"}])),
+         ("1 prompt(s) appear more than once", "examples 8 and 101", "locked test set and in training",
+          "remove or merge the duplicate rows")),
+    Case("lock-changed", lambda t: sweep("--config", sweep_config(t, data={"lock_dir": str(tampered_lock(t))})),
+         ("the locked test set changed: sha256 is", "the lock says", "Restore the original file")),
+    # Search space and sweep config.
+    Case("target-module-unknown",
+         sweep_on_space(lora_space(target_modules={"type": "categorical", "choices": ["attention", "q_proj,qq_proj"]})),
+         ("methods.lora.target_modules.choices[1]", "the model has no modules named ['qq_proj']",
+          "available Linear modules", "list existing names")),
+    Case("rank-zero", sweep_on_space(lora_space(rank={"type": "categorical", "choices": [0, 8]})),
+         ("methods.lora.rank.choices[0]: 0", "rank must be a positive integer")),
+    Case("alpha-zero",
+         sweep_on_space({"methods": {"lora": {**{k: v for k, v in LORA.items() if k != "alpha_ratio"},
+                                              "alpha": {"type": "fixed", "value": 0}}}}),
+         ("methods.lora.alpha.value: 0", "alpha must be a positive number", "2 x rank")),
+    Case("lr-range-empty",
+         sweep_on_space(lora_space(learning_rate={"type": "float", "low": 1e-3, "high": 1e-5, "log": True})),
+         ("methods.lora.learning_rate.low: 0.001", "low must be below high (1e-05)")),
+    Case("lr-not-positive", sweep_on_space(lora_space(learning_rate={"type": "float", "low": -1e-4, "high": 1e-3})),
+         ("methods.lora.learning_rate.low: -0.0001", "learning_rate must be a number in (0, 1)")),
+    Case("method-unknown-in-space", sweep_on_space({"methods": {"lora": LORA, "lorax": {}}}),
+         ("methods.lorax: 'lorax': unknown method", "use ['lora', 'qlora', 'full']")),
+    Case("unknown-key-in-space", sweep_on_space({**lora_space(), "metods": {}}),
+         ("metods: {}: unknown key", "allowed top-level keys")),
+    Case("unknown-key-in-sweep-config", lambda t: sweep("--config", sweep_config(t, max_trial=3)),
+         ("max_trial: unknown key", "known keys:", "max_trials")),
+    Case("unknown-key-in-sweep-trial", sweep_with_trial(lambda t: {"stepz": 3}),
+         ("trial.stepz: unknown key (did you mean steps?)",)),
+    Case("searched-key-fixed-in-sweep", sweep_with_trial(lambda t: {"method": "lorax"}),
+         ("trial.method: is searched, not fixed", "set it in the search space")),
+    # Model.
+    Case("model-missing", sweep_with_trial(lambda t: {"model": str(t / "no-model")}),
+         ("no-model", "no such folder", "give a local Hugging Face causal LM folder")),
+    Case("model-not-causal", sweep_with_trial(lambda t: {"model": model_folder(t, BERT)}),
+         ("is a BertForMaskedLM, not a causal language model", "give a folder of one")),
+    Case("model-no-config", sweep_with_trial(lambda t: {"model": model_folder(t, None, ("model.safetensors",))}),
+         ("no config.json there", "not a Hugging Face causal language model folder",
+          "give the folder that save_pretrained wrote")),
+    Case("model-no-weights", sweep_with_trial(lambda t: {"model": model_folder(t, LLAMA, ("tokenizer.json",))}),
+         ("no weights in that folder", "model.save_pretrained(folder)")),
+    # Tracking and resume.
+    Case("tracking-unreachable", lambda t: sweep("--config", "smoke", "--tracking-uri", "http://127.0.0.1:9"),
+         ("tracking URI http://127.0.0.1:9: no MLflow server answers", "start one")),
+    Case("tracking-folder-missing",
+         lambda t: sweep("--config", "smoke", "--tracking-uri", f"sqlite:///{t / 'nowhere' / 'mlflow.db'}"),
+         ("nowhere does not exist", "create it")),
+    Case("resume-unknown-sweep", lambda t: ["resume", "no-such-sweep"],
+         ("sweep 'no-such-sweep': nothing to resume", "make sweep BUDGET=... NAME=no-such-sweep")),
+    # Several problems, one run: all of them reported.
+    Case("all-at-once",
+         lambda t: sweep("--config", sweep_config(t, trial={"model": str(t / "no-model")},
+                                                  data=own_data(t, str(t / "nope.jsonl"))),
+                         "--space", space_file(t, lora_space(rank={"type": "fixed", "value": 0})), budget="0"),
+         ("--budget must be a positive number", "rank must be a positive integer", "nope.jsonl", "no-model")),
+    # One trial, standalone.
+    Case("train-rank-zero", lambda t: ["train", "--method", "lora", "--rank", "0", "--out", train_out(t)],
+         ("rank: 0: LoRA rank must be a positive integer",)),
+    Case("train-alpha-negative", lambda t: ["train", "--method", "lora", "--alpha", "-1", "--out", train_out(t)],
+         ("alpha: -1.0: LoRA alpha must be positive",)),
+    Case("train-lr-zero", lambda t: ["train", "--method", "full", "--lr", "0", "--out", train_out(t)],
+         ("learning_rate: 0.0: must be in (0, 1)",)),
+    Case("train-method-unknown", lambda t: ["train", "--method", "lorax", "--out", train_out(t)],
+         ("invalid choice: 'lorax'", "choose from")),
+    Case("train-unknown-key", train(lambda t: {"stepz": 3}), ("stepz: unknown key (did you mean steps?)", "known keys")),
+    Case("train-target-module-unknown", train(lambda t: {"target_modules": "qq_proj"}),
+         ("the model has no modules named ['qq_proj']", "available Linear modules"), may_create=OUT),
+    Case("train-model-not-causal", train(lambda t: {"model": model_folder(t, BERT)}),
+         ("is a BertForMaskedLM, not a causal language model", "give a folder of one"), may_create=OUT),
+    Case("train-model-missing", train(lambda t: {"model": str(t / "no-model")}),
+         ("no such folder", "causal LM folder"), may_create=OUT),
+    Case("train-data-missing", train(lambda t: {}, "--data", "nope.jsonl"), ("no such file",), may_create=OUT),
+    Case("train-lock-changed", train(lambda t: {"data": {**SMOKE_DATA, "lock_dir": str(tampered_lock(t))}}),
+         ("the locked test set changed", "Restore the original file"), may_create=OUT),
+]  # fmt: skip
+
+
+def _write_bytes(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every folder and file under root, with a hash of each file's content."""
+    if not root.exists():
+        return {}
+    out = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        out[key] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "<dir>"
+    return out
+
+
+ENV = {"SWEEPBOARD_CACHE": str(CACHE), "HF_HUB_OFFLINE": "1"}  # nothing here may need a network
+
+
+def in_process(tmp_path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch,
+               capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:  # fmt: skip
+    """`sweepboard ARGS` through the console script's own entry point, in a fresh working folder."""
+    from sweeps.cli import main
+
+    for key, value in {**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "work").mkdir(exist_ok=True)
+    monkeypatch.chdir(tmp_path / "work")
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+def subprocess_cli(tmp_path: Path, args: list[str]) -> tuple[int, str]:
+    """`python -m sweeps.cli ARGS` as its own process, as a user runs `sweepboard`."""
+    env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env.pop("RAY_ADDRESS", None)
+    (tmp_path / "work").mkdir(exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=tmp_path / "work", env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert "Started a local Ray instance" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr  # in-process, an uncaught error fails the test by itself
+    return done.returncode, done.stderr
+
+
+@pytest.fixture(scope="module", autouse=True)
+def smoke_lock() -> None:
+    """The smoke config's builtin lock, as any earlier smoke run leaves it: the cases must not change it."""
+    if not (SMOKE_LOCK / "manifest.json").exists():
+        from trainers.config import DataConfig
+        from trainers.data import prepare
+
+        prepare(DataConfig(**SMOKE_DATA))  # type: ignore[arg-type]
+
+
+def assert_refused(case: Case, tmp_path: Path, run: Callable[[list[str]], tuple[int, str]]) -> None:
+    args = case.args(tmp_path)
+    before, lock_before = snapshot(tmp_path), snapshot(SMOKE_LOCK)
+    code, stderr = run(args)
+    assert code == case.code, stderr[-3000:]
+    for needle in case.says:
+        assert needle in stderr, f"{needle!r} not in:\n{stderr[-3000:]}"
+    # Nothing written half-way: no runs/, no mlflow.db, no lock created or changed, no trial output.
+    after = snapshot(tmp_path)
+    new = {k: v for k, v in after.items() if k not in before and k != "work"}
+    assert all(v == "<dir>" and k in case.may_create for k, v in new.items()), new
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert snapshot(SMOKE_LOCK) == lock_before
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()  # Ray never started
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_named_with_its_fix_and_nothing_is_written(
+    tmp_path: Path, case: Case, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_refused(case, tmp_path, lambda args: in_process(tmp_path, args, monkeypatch, capsys))
+
+
+# Every `sweepboard` process imports torch, mlflow and matplotlib first (about 10 s here), so the whole
+# table runs in-process above and one case per family runs again as its own process.
+AS_PROCESS = ("budget-missing", "budget-zero", "data-junk-jsonl", "lock-changed", "target-module-unknown",
+              "model-not-causal", "all-at-once", "resume-unknown-sweep", "train-model-not-causal")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in AS_PROCESS], ids=lambda c: c.id)
+def test_bad_input_as_its_own_process(tmp_path: Path, case: Case) -> None:
+    assert_refused(case, tmp_path, lambda args: subprocess_cli(tmp_path, args))
+
+
+# --- security defaults --------------------------------------------------------------------------------
+
+
+def test_trust_remote_code_is_off_unless_the_config_sets_it() -> None:
+    from trainers.config import ConfigError, TrialConfig, from_dict, load
+
+    assert TrialConfig().trust_remote_code is False
+    assert from_dict({}).trust_remote_code is False
+    assert from_dict({"trust_remote_code": True}).trust_remote_code is True
+    with pytest.raises(ConfigError, match="trust_remote_code: 'maybe': expected true or false"):
+        from_dict({"trust_remote_code": "maybe"})  # a typo never switches it on (or off)
+    assert load(SMOKE).trust_remote_code is False  # nor do the built-in configs
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_trust_remote_code_reaches_every_from_pretrained_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trust: bool
+) -> None:
+    import torch
+    import transformers
+
+    from trainers import model as model_mod
+    from trainers.config import from_dict
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = model_mod.resolve(from_dict({"model": "builtin:tiny", "cache_dir": str(CACHE / "models")}))
+    seen: list[tuple[str, Any]] = []
+    for cls, method in [(transformers.AutoConfig, "from_pretrained"), (transformers.AutoTokenizer, "from_pretrained"),
+                        (transformers.AutoModelForCausalLM, "from_pretrained"),
+                        (transformers.AutoModelForCausalLM, "from_config")]:  # fmt: skip
+        real = getattr(cls, method)
+
+        def spy(*args: Any, _real: Any = real, _name: str = f"{cls.__name__}.{method}", **kwargs: Any) -> Any:
+            seen.append((_name, kwargs.get("trust_remote_code", "<not passed>")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, method, spy)
+    cfg = from_dict({"model": folder, "method": "lora", "trust_remote_code": trust})
+    names = model_mod.check(cfg)  # the sweep's check before any spend: config and an empty skeleton
+    assert names is not None and {"q_proj", "v_proj"} <= names
+    model_mod.load(folder, cfg, "cpu", torch.float32)  # what a trial loads
+    called = {name for name, _ in seen}
+    assert {"AutoConfig.from_pretrained", "AutoTokenizer.from_pretrained", "AutoModelForCausalLM.from_pretrained",
+            "AutoModelForCausalLM.from_config"} <= called  # fmt: skip
+    assert all(value is trust for _, value in seen), seen
+
+
+def test_make_ui_binds_to_localhost_unless_told_otherwise() -> None:
+    def dry_run(*extra: str) -> str:
+        done = subprocess.run(["make", "-n", "ui", *extra], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return next(line for line in done.stdout.splitlines() if "mlflow ui" in line)
+
+    assert '--host "127.0.0.1"' in dry_run()
+    assert '--host "0.0.0.0"' in dry_run("HOST=0.0.0.0")  # only when asked
+
+
+def test_a_local_ray_starts_no_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local Ray would otherwise serve its dashboard over HTTP; the sweep starts it without one. Joining a
+    cluster (RAY_ADDRESS) leaves the cluster's own settings alone."""
+    import ray
+
+    from sweeps import sweep
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    sweep.ray_init(None)  # type: ignore[arg-type]
+    assert calls[-1]["include_dashboard"] is False
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    sweep.ray_init(None)  # type: ignore[arg-type]
+    assert calls[-1] == {"address": "ray://head:10001", "log_to_driver": False}
