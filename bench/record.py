@@ -130,7 +130,8 @@ def run_one(config: dict[str, Any], result: Path, threads: int = 1) -> None:
     from trainers import run_trial
 
     key = config_key(config)
-    settings = {**trial_settings(), **config, "out": str(WORK / key), "threads": threads}
+    chosen = {k: v for k, v in config.items() if v is not None}  # full fine-tuning has no adapter settings
+    settings = {**trial_settings(), **chosen, "out": str(WORK / key), "threads": threads}
     saved = WORK / key / "curve.jsonl"
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> bool:
