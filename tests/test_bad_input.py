@@ -195,6 +195,8 @@ CASES = [
          ("missing column(s) prompt, completion; it has text, label", "set data.prompt_column")),
     Case("data-too-few", sweep_on_data(jsonl("few.jsonl", rows(30))),
          ("30 usable examples, need at least 61", "test_size 40 + val_size 20", "add data or lower them")),
+    Case("data-builtin-too-few", lambda t: sweep("--config", sweep_config(t, data={"n_examples": 50})),
+         ("'builtin:dates': 50 examples, need at least 61", "raise data.n_examples or lower them")),
     Case("data-duplicate-prompts",
          sweep_on_data(jsonl("dup.jsonl", rows(100) + [{"prompt": "  WHAT is 7 plus 7?", "completion": "14"}])),
          ("1 prompt(s) appear more than once", "examples 8 and 101", "locked test set and in training",
@@ -336,6 +338,7 @@ def smoke_lock() -> None:
 def assert_refused(case: Case, tmp_path: Path, run: Callable[[list[str]], tuple[int, str]]) -> None:
     args = case.args(tmp_path)
     before, lock_before = snapshot(tmp_path), snapshot(SMOKE_LOCK)
+    locks_before = sorted(p.name for p in (CACHE / "locks").glob("*"))
     code, stderr = run(args)
     assert code == case.code, stderr[-3000:]
     for needle in case.says:
@@ -346,6 +349,7 @@ def assert_refused(case: Case, tmp_path: Path, run: Callable[[list[str]], tuple[
     assert all(v == "<dir>" and k in case.may_create for k, v in new.items()), new
     assert {k: v for k, v in after.items() if k in before} == before
     assert snapshot(SMOKE_LOCK) == lock_before
+    assert sorted(p.name for p in (CACHE / "locks").glob("*")) == locks_before  # no new lock in the cache
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()  # Ray never started
 

@@ -140,10 +140,12 @@ def lock_path(cfg: DataConfig) -> Path:
 
 def carve_test(rows: list[Row], cfg: DataConfig) -> list[Row]:
     """The test set: `test_size` rows drawn with the data seed, kept in file order."""
-    if len(rows) < cfg.test_size + cfg.val_size + 1:
+    need = cfg.test_size + cfg.val_size + 1
+    if len(rows) < need:
+        more = "raise data.n_examples" if cfg.source.startswith("builtin:") else "add data"
         raise DataError(
-            f"data.source: {cfg.source!r}: {len(rows)} examples, the test set alone needs {cfg.test_size}: "
-            "add data or lower data.test_size"
+            f"data.source: {cfg.source!r}: {len(rows)} examples, need at least {need} (test_size "
+            f"{cfg.test_size} + val_size {cfg.val_size} + training data): {more} or lower them"
         )
     order = list(range(len(rows)))
     random.Random(cfg.seed).shuffle(order)
