@@ -54,7 +54,8 @@ def check_affordable(budget_usd: float, projected_trial_usd: float, quote: Price
         price = f" at {usd(quote.usd_per_hour)}/h" if quote is not None else ""
         raise BudgetError(
             f"budget {usd(budget_usd)} is below one trial's projected cost "
-            f"{usd(projected_trial_usd)}{price}: raise --budget or lower steps"
+            f"{usd(projected_trial_usd)}{price}: raise --budget, or lower estimate_trial_seconds in the "
+            "sweep config if trials are shorter than it projects"
         )
 
 

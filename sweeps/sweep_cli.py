@@ -8,7 +8,8 @@ from typing import Any
 
 def add(sub: Any) -> None:
     p = sub.add_parser("sweep", help="run a budget-capped sweep (Ray Tune + Optuna + ASHA, logged to MLflow)")
-    p.add_argument("--budget", required=True, help="the most the sweep may spend, in US dollars, e.g. 30")
+    # Not argparse-required: a missing budget is reported with the fix, beside any other problem found.
+    p.add_argument("--budget", help="the most the sweep may spend, in US dollars, e.g. 30 (required)")
     p.add_argument("--config", help="sweep config: a YAML path or a built-in name (default, smoke)")
     p.add_argument("--space", help="search space: a YAML path or a built-in name (default, smoke)")
     p.add_argument(

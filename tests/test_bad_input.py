@@ -170,7 +170,7 @@ OUT = ("out",)  # `train` cases: the (empty) output folder may appear
 
 CASES = [
     # Budget.
-    Case("budget-missing", lambda t: ["sweep", "--config", "smoke"], ("--budget", "required")),
+    Case("budget-missing", lambda t: ["sweep", "--config", "smoke"], ("--budget is required, in US dollars", "--budget 30")),
     Case("budget-zero", lambda t: sweep("--config", "smoke", budget="0"),
          ("--budget must be a positive number of US dollars, got '0'", "pass e.g. --budget 30")),
     Case("budget-negative", lambda t: sweep("--config", "smoke", budget="-3"),

@@ -357,7 +357,8 @@ def test_good_budgets_and_affordability() -> None:
     with pytest.raises(BudgetError) as err:
         check_affordable(0.01, 0.05, quote)
     assert str(err.value) == (
-        "budget $0.01 is below one trial's projected cost $0.05 at $0.09/h: raise --budget or lower steps"
+        "budget $0.01 is below one trial's projected cost $0.05 at $0.09/h: raise --budget, or lower "
+        "estimate_trial_seconds in the sweep config if trials are shorter than it projects"
     )
     check_affordable(0.05, 0.05, quote)
     assert usd(0.0075) == "$0.0075" and usd(30) == "$30.00" and usd(0) == "$0.00"
