@@ -145,7 +145,11 @@ def ray_init(cfg: sweep_config.SweepConfig) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    # A fault drill (trainers/faults.py) must reach workers on other nodes too; a local Ray inherits it.
+    fault = {k: v for k, v in os.environ.items() if k == "SWEEPBOARD_FAULT"}
+    runtime_env = {"env_vars": fault} if fault else None
     if address:
-        ray.init(address=address, log_to_driver=False)  # join the existing cluster
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)  # join the existing cluster
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # "local": always a Ray of our own, never a cluster someone started here with `ray start`.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
