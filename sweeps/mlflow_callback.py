@@ -23,6 +23,7 @@ ends is named in a message with the command that copies it in from Ray's storage
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections import deque
@@ -57,6 +58,9 @@ class Outcome(NamedTuple):
 
 def completed(result: Mapping[str, Any]) -> Outcome:
     """A trial Tune completed: with its final report, or ended early by a scheduler (ASHA) or stopper."""
+    if result.get("phase") == "failed":
+        # Its failure report arrived, then a stopper ended the sweep before Tune recorded the error.
+        return failed(result, str(result.get("error") or "trial failed"))
     if result.get("phase") != FINAL_PHASE:
         return Outcome("pruned", spent(result), None, False)
     error = result.get("error") if isinstance(result.get("error"), str) and result.get("error") else None
@@ -277,6 +281,11 @@ def spent(result: Mapping[str, Any]) -> dict[str, Any]:
 def _error_text(trial: Trial) -> str:
     path = trial.error_file  # the driver's local copy; get_error reads the storage copy
     if path and Path(path).is_file():
-        return Path(path).read_text(encoding="utf-8", errors="replace").strip()
+        return _plain(Path(path).read_text(encoding="utf-8", errors="replace").strip())
     text = trial.get_error()
-    return str(text).strip() if text else "trial failed without an error message"
+    return _plain(str(text).strip()) if text else "trial failed without an error message"
+
+
+def _plain(text: str) -> str:
+    """Ray colours its error.txt for terminals; an MLflow tag is read in a browser."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)

@@ -450,3 +450,13 @@ def test_params_and_names_from_a_config():
     assert trial_params(FULL) == {"method": "full", "learning_rate": 1e-5, "steps": 3}
     assert run_name(LORA, "t1") == "lora-r8-t1" and run_name(FULL, "t2") == "full-lr1e-05-t2"
     assert run_name(BASELINE, "t3") == "baseline-t3" and run_name({}, "t4") == "trial-t4"
+
+
+def test_a_failure_report_ended_by_a_stopper_is_failed_and_error_text_is_plain() -> None:
+    from sweeps.mlflow_callback import _plain, completed
+
+    outcome = completed({"phase": "failed", "error": "RuntimeError: boom", "cost_usd": 0.25})
+    assert outcome.status == "failed" and outcome.error == "RuntimeError: boom"
+    assert outcome.final.get("cost_usd") == 0.25  # its cost still counts
+    assert completed({"phase": "train", "cost_usd": 0.1}).status == "pruned"
+    assert _plain("\x1b[36mray::ImplicitFunc.train()\x1b[39m failed") == "ray::ImplicitFunc.train() failed"
