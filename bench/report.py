@@ -116,8 +116,10 @@ def _gpu(g: dict[str, Any] | None) -> list[str]:
         return []
     if g.get("available") is False:
         return ["", "## 5. GPU", "", g.get("note", "not measured")]
-    lines = ["", "## 5. GPU", "", f"From bench/gpu_results.json (measured {g.get('date', '?')} on "
-             f"{g.get('device_name', g.get('device', '?'))}):", ""]  # fmt: skip
+    device = g.get("device", "?")
+    name = device.get("name", "?") if isinstance(device, dict) else device
+    lines = ["", "## 5. GPU", "", f"From bench/gpu_results.json (measured {g.get('date', '?')} on {name}; "
+             f"{g.get('model', 'the default trial')}, so no quality is reported):", ""]  # fmt: skip
     methods = g.get("methods", {})
     if methods:
         lines += ["| method | tokens/s | wall s | peak memory MB | weights MB | cost $ |", "|---|---|---|---|---|---|"]
