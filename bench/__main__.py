@@ -113,6 +113,8 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
 def meta() -> dict[str, Any]:
     import torch
 
+    from tracking.prices import detect_device
+
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=HERE, check=False).stdout.strip()  # fmt: skip
@@ -123,20 +125,10 @@ def meta() -> dict[str, Any]:
         "git_commit": commit,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": _cpu_name(),
+        "cpu": detect_device().name if detect_device().kind == "cpu" else platform.processor(),
         "cpu_count": __import__("os").cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _fmt(value: Any) -> str:
