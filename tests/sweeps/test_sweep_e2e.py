@@ -165,6 +165,11 @@ def test_killed_driver_resumes_without_duplicates(tmp_path: Path) -> None:
         sum(r.data.metrics["cost_usd"] for r in kids), rel=1e-6
     )
     assert ledger  # the ledger file survived the kill
+    trial_costs = sum(r.data.metrics["cost_usd"] for r in kids if r.data.tags[names.TAG_ROLE] == "trial")
+    # The ledger counts what was paid: the trials' costs, plus any work the kill threw away after a trial's
+    # last checkpoint (done again after the resume). Never less than the trials' costs, never over budget.
+    assert trial_costs - 1e-9 <= ledger["spent_usd"] <= trial_costs * 1.5 + 1e-6
+    assert parent.data.metrics["spent_usd"] <= 5
 
 
 @pytest.mark.parametrize(
