@@ -85,10 +85,7 @@ def answer_logits(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits only where the next token is an answer token, and those targets."""
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    # No attention mask: batches are right-padded, and under causal attention a real token never sees a
-    # later pad, so the positions scored here are exactly what the mask would give; without a mask the
-    # attention takes its plain causal path instead of building and applying a padding mask.
-    hidden = causal.get_decoder()(input_ids=ids).last_hidden_state
+    hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
     logits = causal.get_output_embeddings()(hidden[:, :-1][keep]).float()

@@ -115,27 +115,3 @@ def test_changed_test_set_stops_the_trial(tiny_config: dict[str, Any]) -> None:
     ):
         run_trial({**tiny_config, "method": "none"})
 
-
-@pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_answer_logits_without_a_mask_equal_the_masked_forward(method: str, tiny_config: dict[str, Any]) -> None:
-    """Right-padded batches under causal attention: dropping the padding mask changes nothing we score."""
-    import torch
-
-    from trainers import data as data_mod
-    from trainers import model as model_mod
-    from trainers.config import from_dict
-    from trainers.train import answer_logits, collate, encode
-
-    cfg = from_dict({**tiny_config, "method": method})
-    splits = data_mod.prepare(cfg.data)
-    tok, model = model_mod.load(model_mod.resolve(cfg), cfg, "cpu", torch.float32)
-    model.eval()
-    enc = encode(tok, splits.train[:6], cfg.max_seq_len)
-    ids, mask, labels = collate(enc, list(range(6)), tok.pad_token_id, "cpu")
-    assert (mask == 0).any(), "the batch should hold padding for this test to mean anything"
-    with torch.no_grad():
-        logits, targets, keep = answer_logits(model, ids, mask, labels)
-        causal = model.get_base_model()
-        hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        masked = causal.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    assert torch.allclose(logits, masked, atol=1e-4), (logits - masked).abs().max()
