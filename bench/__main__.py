@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.only or ["overhead", "throughput", "search", "gpu"])
     out_json = args.out / "results.json"
     results: dict[str, Any] = json.loads(out_json.read_text()) if args.only and out_json.is_file() else {}
+    # A partial run (--only) keeps the full run's date and duration and says which parts were run again.
+    earlier = results.get("meta") if args.only else None
     results["meta"] = meta()
     started = time.perf_counter()
     trial = record.trial_settings()
@@ -82,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             "available": False, "note": "no GPU measurement recorded (bench/gpu.py on a CUDA machine writes it)"}  # fmt: skip
     results["goals"] = goals(results)
     results["meta"]["bench_seconds"] = time.perf_counter() - started
+    if earlier:
+        rerun = {part: results["meta"]["date"] for part in sorted(parts)}
+        results["meta"] = {**earlier, "rerun": {**earlier.get("rerun", {}), **rerun}}
     args.out.mkdir(parents=True, exist_ok=True)
     results = _finite(results)
     out_json.write_text(json.dumps(results, indent=2) + "\n")

@@ -13,6 +13,8 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         f"Run {meta.get('date', '?')} at commit `{meta.get('git_commit', '?')}` on {meta.get('cpu', '?')} "
         f"({meta.get('cpu_count', '?')} cores), torch {meta.get('torch', '?')}; written by `make bench` "
         f"({meta.get('bench_seconds', 0) / 60:.1f} min). Ratios are measured side by side in this one run.",
+        *(["Parts run again since (`python -m bench --only ...`): "
+           + ", ".join(f"{k} {v}" for k, v in meta["rerun"].items()) + "."] if meta.get("rerun") else []),
         "",
         "## Goals",
         "",
