@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Stopper
 from ray.tune.experiment import Trial
 
+from tracking import mlflow_conn as conn
 from tracking import mlflow_store as store
 from tracking.names import FINAL_METRICS, TAG_GIT_COMMIT, TAG_METHOD, TAG_SWEEP, TRIAL_PARAMS
 
@@ -180,7 +181,7 @@ class MLflowTrialLogger(Callback):
         waiting = self._down_since is not None and time.monotonic() < self._retry_at
         if not self._queue or (waiting and not force):
             return
-        with store.fail_fast():
+        with conn.fail_fast():
             for trial_id in list(self._queue):
                 queue = self._queue[trial_id]
                 while queue:
@@ -188,12 +189,12 @@ class MLflowTrialLogger(Callback):
                     try:
                         write()
                     except Exception as exc:  # noqa: BLE001  a logging failure must never abort a paid sweep
-                        if store.is_transient(exc):
+                        if conn.is_transient(exc):
                             self._went_down(exc)
                             return
                         # Not an outage (a bug, a rejected value): writing it again would fail again.
                         log.warning("MLflow: trial %s: %s not logged: %s", trial_id, what, exc)
-                        self._dropped[trial_id] = f"{what} not logged: {store.first_line(exc)}"
+                        self._dropped[trial_id] = f"{what} not logged: {conn.first_line(exc)}"
                     queue.popleft()
                 del self._queue[trial_id]
         if self._down_since is not None:
@@ -203,7 +204,7 @@ class MLflowTrialLogger(Callback):
     def _went_down(self, exc: BaseException) -> None:
         if self._down_since is None:
             self._down_since = time.time()
-            self._down_error = store.first_line(exc)
+            self._down_error = conn.first_line(exc)
             log.warning("MLflow: %s does not answer (%s); trials keep training and their results are "
                         "queued until it does", self.tracking_uri, self._down_error)
         self._retry_at = time.monotonic() + RETRY_AFTER_S[min(self._failures, len(RETRY_AFTER_S) - 1)]

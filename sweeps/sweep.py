@@ -124,7 +124,7 @@ def _quote(cfg: sweep_config.SweepConfig) -> Any:
 
 
 def _check_tracking(cfg: sweep_config.SweepConfig) -> None:
-    from tracking.mlflow_store import check_reachable
+    from tracking.mlflow_conn import check_reachable
 
     check_reachable(sweep_config.tracking_uri(cfg))
 

@@ -35,6 +35,7 @@ from sweeps.mlflow_callback import (
     run_name,
     trial_params,
 )
+from tracking import mlflow_conn as conn
 from tracking import mlflow_store as store
 from tracking.names import (
     ARTIFACT_METRICS,
@@ -82,8 +83,8 @@ def sync(name: str, storage: str = "runs/sweeps", tracking_uri: str | None = Non
         raise ConfigError([f"sweep {name!r}: nothing to sync in {root}; known sweeps: "
                            f"{', '.join(known) or 'none'} (give --storage if the sweep lives elsewhere)"])
     state = json.loads(state_file.read_text())
-    uri = store.tracking_uri(tracking_uri or state["config"].get("tracking_uri"))
-    store.check_reachable(uri)
+    uri = conn.tracking_uri(tracking_uri or state["config"].get("tracking_uri"))
+    conn.check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     experiment_id = store.ensure_experiment(client, name)
     parent = store.find_sweep_run(client, experiment_id)

@@ -3,8 +3,8 @@ problem and the fix, before anything is spent (no Ray, no training), and writes 
 no MLflow store, no lock created or changed, no trial output.
 
 One table, each case through the CLI's entry point (`sweeps.cli.main`, what `sweepboard` runs), one case
-per family also as its own process (`python -m sweeps.cli ...`). Below it, the security defaults: trust_remote_code off unless set (and passed to every from_pretrained as given), servers
-bound to 127.0.0.1.
+per family also as its own process (`python -m sweeps.cli ...`). The security defaults are in
+test_security_defaults.py.
 """
 
 from __future__ import annotations
@@ -371,80 +371,3 @@ AS_PROCESS = ("budget-missing", "budget-zero", "data-junk-jsonl", "lock-changed"
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in AS_PROCESS], ids=lambda c: c.id)
 def test_bad_input_as_its_own_process(tmp_path: Path, case: Case) -> None:
     assert_refused(case, tmp_path, lambda args: subprocess_cli(tmp_path, args))
-
-
-# --- security defaults --------------------------------------------------------------------------------
-
-
-def test_trust_remote_code_is_off_unless_the_config_sets_it() -> None:
-    from trainers.config import ConfigError, TrialConfig, from_dict, load
-
-    assert TrialConfig().trust_remote_code is False
-    assert from_dict({}).trust_remote_code is False
-    assert from_dict({"trust_remote_code": True}).trust_remote_code is True
-    with pytest.raises(ConfigError, match="trust_remote_code: 'maybe': expected true or false"):
-        from_dict({"trust_remote_code": "maybe"})  # a typo never switches it on (or off)
-    assert load(SMOKE).trust_remote_code is False  # nor do the built-in configs
-
-
-@pytest.mark.parametrize("trust", [False, True])
-def test_trust_remote_code_reaches_every_from_pretrained_as_given(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trust: bool
-) -> None:
-    import torch
-    import transformers
-
-    from trainers import model as model_mod
-    from trainers.config import from_dict
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    folder = model_mod.resolve(from_dict({"model": "builtin:tiny", "cache_dir": str(CACHE / "models")}))
-    seen: list[tuple[str, Any]] = []
-    for cls, method in [(transformers.AutoConfig, "from_pretrained"), (transformers.AutoTokenizer, "from_pretrained"),
-                        (transformers.AutoModelForCausalLM, "from_pretrained"),
-                        (transformers.AutoModelForCausalLM, "from_config")]:  # fmt: skip
-        real = getattr(cls, method)
-
-        def spy(*args: Any, _real: Any = real, _name: str = f"{cls.__name__}.{method}", **kwargs: Any) -> Any:
-            seen.append((_name, kwargs.get("trust_remote_code", "<not passed>")))
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(cls, method, spy)
-    cfg = from_dict({"model": folder, "method": "lora", "trust_remote_code": trust})
-    names = model_mod.check(cfg)  # the sweep's check before any spend: config and an empty skeleton
-    assert names is not None and {"q_proj", "v_proj"} <= names
-    model_mod.load(folder, cfg, "cpu", torch.float32)  # what a trial loads
-    called = {name for name, _ in seen}
-    assert {"AutoConfig.from_pretrained", "AutoTokenizer.from_pretrained", "AutoModelForCausalLM.from_pretrained",
-            "AutoModelForCausalLM.from_config"} <= called  # fmt: skip
-    assert all(value is trust for _, value in seen), seen
-
-
-def test_make_ui_binds_to_localhost_unless_told_otherwise() -> None:
-    def dry_run(*extra: str) -> str:
-        done = subprocess.run(["make", "-n", "ui", *extra], cwd=REPO, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return next(line for line in done.stdout.splitlines() if "mlflow ui" in line)
-
-    assert '--host "127.0.0.1"' in dry_run()
-    assert '--host "0.0.0.0"' in dry_run("HOST=0.0.0.0")  # only when asked
-
-
-def test_a_local_ray_starts_no_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A local Ray would otherwise serve its dashboard over HTTP; the sweep starts it without one. Joining a
-    cluster (RAY_ADDRESS) leaves the cluster's own settings alone."""
-    import ray
-
-    from sweeps import sweep
-
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("SWEEPBOARD_FAULT", raising=False)
-    sweep.ray_init(None)  # type: ignore[arg-type]
-    assert calls[-1]["include_dashboard"] is False
-    assert calls[-1]["address"] == "local"  # never joins a `ray start` cluster it was not pointed at
-    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
-    sweep.ray_init(None)  # type: ignore[arg-type]
-    assert calls[-1] == {"address": "ray://head:10001", "log_to_driver": False, "runtime_env": None}

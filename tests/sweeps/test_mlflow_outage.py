@@ -14,22 +14,11 @@ from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_mlflow_callback import MlflowServer  # the same restartable server as the callback's tests
 from test_sweep_e2e import smoke_config, sweep_env
 
 from tracking import names
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    running = MlflowServer(tmp_path)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
 
 
 def cli_env(tmp_path: Path, uri: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leaderboard import load_runs
+from tracking import mlflow_conn as conn
 from tracking import mlflow_store as store
 from tracking.names import (
     TAG_ERROR,
@@ -61,22 +62,22 @@ def trial_run(client: MlflowClient, trial_id: str = "abc_00000", **params: objec
 def test_tracking_uri_explicit_then_environment_then_absolute_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert store.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
-    assert store.tracking_uri("sqlite:///sub/x.db") == f"sqlite:///{tmp_path}/sub/x.db"
+    assert conn.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    assert conn.tracking_uri("sqlite:///sub/x.db") == f"sqlite:///{tmp_path}/sub/x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5555")
-    assert store.tracking_uri() == "http://127.0.0.1:5555"
-    assert store.tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert conn.tracking_uri() == "http://127.0.0.1:5555"
+    assert conn.tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
 
 
 def test_check_reachable_sqlite(tmp_path):
-    store.check_reachable(f"sqlite:///{tmp_path}/mlflow.db")
+    conn.check_reachable(f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(ValueError, match=r"missing.*does not exist.*MLFLOW_TRACKING_URI"):
-        store.check_reachable(f"sqlite:///{tmp_path}/missing/mlflow.db")
+        conn.check_reachable(f"sqlite:///{tmp_path}/missing/mlflow.db")
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "ro"
         locked.mkdir(mode=0o500)
         with pytest.raises(ValueError, match="not writable"):
-            store.check_reachable(f"sqlite:///{locked}/mlflow.db")
+            conn.check_reachable(f"sqlite:///{locked}/mlflow.db")
 
 
 def free_port() -> int:
@@ -89,13 +90,13 @@ def test_check_reachable_http(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(ValueError, match=rf"{uri}.*no MLflow server answers.*mlflow server"):
-        store.check_reachable(uri, timeout_s=1.0)
+        conn.check_reachable(uri, timeout_s=1.0)
     assert time.monotonic() - started < 5
     # Any HTTP answer (here a 404 from a plain file server) means something listens there.
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        store.check_reachable(f"http://127.0.0.1:{server.server_address[1]}")
+        conn.check_reachable(f"http://127.0.0.1:{server.server_address[1]}")
     finally:
         server.shutdown()
 
@@ -216,7 +217,7 @@ def test_leaderboard_reads_what_the_store_writes(client, tmp_path):
 
 
 def test_retry_only_transient_errors(monkeypatch):
-    monkeypatch.setattr(store, "RETRY_DELAYS", (0.0, 0.0))
+    monkeypatch.setattr(conn, "RETRY_DELAYS", (0.0, 0.0))
     calls: list[int] = []
 
     def flaky() -> str:
@@ -225,7 +226,7 @@ def test_retry_only_transient_errors(monkeypatch):
             raise MlflowException("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert store.retry(flaky, "flaky") == "ok" and len(calls) == 3
+    assert conn.retry(flaky, "flaky") == "ok" and len(calls) == 3
     calls.clear()
 
     def locked() -> None:
@@ -233,7 +234,7 @@ def test_retry_only_transient_errors(monkeypatch):
         raise MlflowException("(sqlite3.OperationalError) database is locked")
 
     with pytest.raises(MlflowException, match="locked"):
-        store.retry(locked, "always locked")
+        conn.retry(locked, "always locked")
     assert len(calls) == 3  # the first attempt and one per delay, then it gives up
     calls.clear()
 
@@ -242,14 +243,14 @@ def test_retry_only_transient_errors(monkeypatch):
         raise MlflowException("Run 'x503' not found")
 
     with pytest.raises(MlflowException, match="not found"):
-        store.retry(broken, "broken")
+        conn.retry(broken, "broken")
     assert len(calls) == 1
 
 
 @pytest.mark.slow
 def test_retry_survives_a_really_locked_sqlite_file(client, tmp_path, monkeypatch):
     """Another process holds the database past MLflow's own 20 s wait; the write goes through afterwards."""
-    monkeypatch.setattr(store, "RETRY_DELAYS", (0.5, 0.5))
+    monkeypatch.setattr(conn, "RETRY_DELAYS", (0.5, 0.5))
     _, _, run_id = trial_run(client)
     holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
@@ -274,29 +275,29 @@ def test_fail_fast_tries_once_and_puts_the_http_settings_back(monkeypatch):
         calls.append(1)
         raise MlflowException("(sqlite3.OperationalError) database is locked")
 
-    with store.fail_fast(timeout_s=7):
+    with conn.fail_fast(timeout_s=7):
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
         with pytest.raises(MlflowException, match="locked") as raised:
-            store.retry(locked, "locked")
+            conn.retry(locked, "locked")
     assert len(calls) == 1  # no pauses, no second attempt: the caller keeps the write for later
-    assert store.is_transient(raised.value) and not store.is_transient(MlflowException("Run 'x' not found"))
+    assert conn.is_transient(raised.value) and not conn.is_transient(MlflowException("Run 'x' not found"))
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
 
 
 def test_a_server_that_went_away_fails_fast_until_it_answers_again(monkeypatch):
-    monkeypatch.setattr(store, "RETRY_DELAYS", (0.0,))
+    monkeypatch.setattr(conn, "RETRY_DELAYS", (0.0,))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     port = free_port()
     client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
-    with pytest.raises(store.TrackingUnavailable, match=rf"127.0.0.1:{port} cannot be reached") as raised:
+    with pytest.raises(conn.TrackingUnavailable, match=rf"127.0.0.1:{port} cannot be reached") as raised:
         store.ensure_experiment(client, "demo")
     assert raised.value.uri == client.tracking_uri and isinstance(raised.value, MlflowException)
     # Known to be down: the next call asks /health (2 s at most) instead of MLflow's minutes of retries.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
     started = time.monotonic()
-    with pytest.raises(store.TrackingUnavailable, match="still down"):
+    with pytest.raises(conn.TrackingUnavailable, match="still down"):
         store.log_step_metrics(client, "run-id", {"train_loss": 1.0}, step=1)
     assert time.monotonic() - started < 5
     # Something answers there again: calls go through to it (this one gets a 404 from a plain file server).
@@ -306,11 +307,11 @@ def test_a_server_that_went_away_fails_fast_until_it_answers_again(monkeypatch):
     try:
         with pytest.raises(MlflowException) as answered:
             store.ensure_experiment(client, "demo")
-        assert not isinstance(answered.value, store.TrackingUnavailable)
+        assert not isinstance(answered.value, conn.TrackingUnavailable)
     finally:
         server.shutdown()
         server.server_close()
-    with pytest.raises(store.TrackingUnavailable):  # gone again
+    with pytest.raises(conn.TrackingUnavailable):  # gone again
         store.ensure_experiment(client, "demo")
 
 
