@@ -133,17 +133,21 @@ def run_one(config: dict[str, Any], result: Path, threads: int = 1) -> None:
     chosen = {k: v for k, v in config.items() if v is not None}  # full fine-tuning has no adapter settings
     settings = {**trial_settings(), **chosen, "out": str(WORK / key), "threads": threads}
     saved = WORK / key / "curve.jsonl"
+    # A trial resumed from its checkpoint: the CPU time of the process that trained up to it counts too.
+    earlier = _curve(saved)
+    spent_before = float(earlier[-1]["cpu_seconds"]) if earlier else 0.0
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> bool:
         # Written as it comes: a trial killed and resumed from its checkpoint reports only its later steps.
+        point = {**_pick(metrics, CURVE_KEYS), "cpu_seconds": spent_before + _cpu_seconds()}
         with saved.open("a") as f:
-            f.write(json.dumps({**_pick(metrics, CURVE_KEYS), "cpu_seconds": _cpu_seconds()}) + "\n")
+            f.write(json.dumps(point) + "\n")
         return False
 
     metrics = run_trial(settings, report=report)
     per_cpu_second = float(metrics["usd_per_hour"]) / 3600 / threads
     curve = [{**p, "cpu_cost_usd": p["cpu_seconds"] * per_cpu_second} for p in _curve(saved)]
-    cpu = _cpu_seconds()
+    cpu = spent_before + _cpu_seconds()
     row = {
         "key": key,
         "config": config,
