@@ -94,6 +94,16 @@ def _search(s: dict[str, Any] | None, out: Path) -> list[str]:
         lines.append(f"| {name} | {_num(d[name]['median'], 4)} | {s['trials_run'][name]:.1f} |")
     lines += ["", f"**cost ratio vs random {_num(s['cost_ratio_vs_random'])}** (vs grid "
                   f"{_num(s['cost_ratio_vs_grid'])}).", ""]  # fmt: skip
+    shares = s.get("by_target_share") or {}
+    if shares:
+        lines += ["The same ratio for other targets (a share of the best test quality):", "",
+                  "| target | test quality | ours $ | random $ | grid $ | ours / random |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for share, r in shares.items():
+            m = r["median_dollars"]
+            lines.append(f"| {float(share):.0%} | {r['target_test_quality']:.3f} | {_num(m['ours'], 4)} | "
+                         f"{_num(m['random'], 4)} | {_num(m['grid'], 4)} | {_num(r['cost_ratio_vs_random'])} |")
+        lines.append("")
     plot = _regret_plot(s, out)
     if plot:
         lines += [f"![regret versus dollars]({plot.name})"]

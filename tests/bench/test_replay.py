@@ -112,3 +112,29 @@ def test_report_has_every_key_and_the_regret_plot(tmp_path: Any) -> None:
     assert "| qlora | 2100 | 166 |" in text
     assert (tmp_path / "search_regret.png").stat().st_size > 10_000
     assert results["goals"]["overhead.compute_share"]["met"] is False  # not measured is not met
+
+
+def test_tpe_models_from_the_trial_after_the_first_points() -> None:
+    """The sweep's sampler (which the replay uses too) stops sampling at random once the first points are
+    in: TPE's default of 10 random start-up trials would outlast a short sweep."""
+    import optuna
+
+    from sweeps.tune_run import first_points, tpe_sampler
+
+    points = first_points(load_space(record.GRID))
+    assert len(points) == 3
+    sampler = tpe_sampler(len(points), seed=0)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == 3 and tpe_sampler(0)._n_startup_trials == 3  # never fewer than 3
+    assert tpe_sampler(5)._n_startup_trials == 5
+
+
+def test_ratios_are_reported_at_other_shares_of_the_best() -> None:
+    space = load_space(record.GRID)
+    result = replay.replay(synthetic_table("full-lr1e-04", seed=2), space, seeds=3, asha=ASHA)
+    shares = result["by_target_share"]
+    assert list(shares) == ["0.90", "0.95", "0.97"]
+    assert shares["0.95"]["cost_ratio_vs_random"] == result["cost_ratio_vs_random"]
+    assert shares["0.95"]["target_test_quality"] == result["target_test_quality"]
+    dollars = [shares[s]["median_dollars"]["random"] for s in shares]
+    assert dollars == sorted(dollars)  # a higher target never costs less to reach
