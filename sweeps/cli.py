@@ -166,8 +166,8 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _tracking_down(exc: BaseException) -> bool:
-    store = sys.modules.get("tracking.mlflow_store")  # loaded by whatever raised it; no mlflow import here
-    return store is not None and isinstance(exc, store.TrackingUnavailable)
+    conn = sys.modules.get("tracking.mlflow_conn")  # loaded by whatever raised it; no mlflow import here
+    return conn is not None and isinstance(exc, conn.TrackingUnavailable)
 
 
 def _after_outage(args: argparse.Namespace, uri: str) -> str:

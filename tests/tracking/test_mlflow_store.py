@@ -334,3 +334,11 @@ def test_helpers_for_sync_read_and_write_only_what_is_asked(client, tmp_path):
     assert store.mlflow_status("pruned") == "FINISHED" and store.mlflow_status("failed") == "FAILED"
     store.end_run(client, run_id, "KILLED")
     assert store.get_run(client, run_id).info.status == "KILLED"
+
+
+def test_the_cli_recognises_a_tracking_outage_by_its_error_type() -> None:
+    """The CLI turns TrackingUnavailable into exit code 3 and the sync advice; any other error is a crash."""
+    from sweeps.cli import _tracking_down
+
+    assert _tracking_down(conn.TrackingUnavailable("http://127.0.0.1:1", "metrics", "refused"))
+    assert not _tracking_down(ValueError("something else"))
