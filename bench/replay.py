@@ -2,9 +2,9 @@
 
 Three searches spend the same budget on the same table, one trial at a time as the default sweep runs:
 - ours: Optuna's TPE (the sampler the sweep gives Ray's OptunaSearch, sweeps/tune_run.tpe_sampler) over
-  bench/grid.yaml, starting from the sweep's first points, with Ray Tune's own ASHAScheduler deciding from each recorded validation
-  curve whether the trial would have been stopped at a rung (a stopped trial costs what it had spent at
-  that report, and gets no test score);
+  bench/grid.yaml, starting from the sweep's first points, with Ray Tune's own ASHAScheduler deciding from
+  each recorded validation curve whether the trial would have been stopped at a rung (a stopped trial
+  costs what it had spent at that report, and gets no test score);
 - random: the grid's configurations in a random order, each trained to the end;
 - grid: the grid in its file order, each trained to the end (the same for every seed).
 
