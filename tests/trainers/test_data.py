@@ -28,8 +28,9 @@ def test_lock_is_created_once_then_verified(tmp_path: Path) -> None:
     cfg = small(tmp_path)
     first = prepare(cfg)
     manifest = json.loads((tmp_path / "lock" / "manifest.json").read_text())
-    assert manifest["sha256"] == first.sha256 and manifest["count"] == 30 and manifest["seed"] == cfg.seed
-    assert {"source", "created"} <= set(manifest)
+    assert manifest["sha256"] == first.sha256 and manifest["count"] == 30
+    assert manifest["defined_by"]["seed"] == cfg.seed and manifest["defined_by"]["test_size"] == 30
+    assert {"source_path", "created", "rendering"} <= set(manifest) and first.created and not prepare(cfg).created
     second = prepare(cfg)
     assert second.test == first.test and second.sha256 == first.sha256
     test_prompts = {r["prompt"] for r in first.test}
@@ -67,7 +68,8 @@ def test_bring_your_own_data(tmp_path: Path, suffix: str) -> None:
                      val_size=10, lock_dir=str(tmp_path / "lock"), prompt_template="Q: {prompt}")  # fmt: skip
     splits = prepare(cfg)
     assert len(splits.test) == 20 and len(splits.val) == 10 and len(splits.train) == 90
-    assert splits.test[0]["prompt"].startswith("Q: ")
+    # Rows stay raw: the template is applied when rows are rendered for the model, not when they are read.
+    assert {r["prompt"] for r in splits.test} <= set(df["question"]) and not splits.test[0]["prompt"].startswith("Q: ")
 
 
 def test_bad_data_is_named(tmp_path: Path) -> None:
@@ -76,7 +78,7 @@ def test_bad_data_is_named(tmp_path: Path) -> None:
     (tmp_path / "wrong.jsonl").write_text('{"text": "a", "label": "b"}\n' * 50)
     with pytest.raises(DataError, match="missing column.*prompt.*it has text, label"):
         prepare(DataConfig(source=str(tmp_path / "wrong.jsonl"), lock_dir=str(tmp_path / "l")))
-    (tmp_path / "few.jsonl").write_text('{"prompt": "a", "completion": "b"}\n' * 5)
+    (tmp_path / "few.jsonl").write_text("".join(f'{{"prompt": "a{i}", "completion": "b"}}\n' for i in range(5)))
     with pytest.raises(DataError, match="5 usable examples, need at least"):
         prepare(DataConfig(source=str(tmp_path / "few.jsonl"), lock_dir=str(tmp_path / "l")))
     (tmp_path / "empty.jsonl").write_text("")
