@@ -70,7 +70,8 @@ def _split(cfg: DataConfig, write: bool) -> Splits:
     lock_dir = lock_path(cfg)
     exists = (lock_dir / "manifest.json").exists()
     if exists:
-        check_agrees(lock_dir, wanted)
+        paths = {"source": source.path, "test_source": test_source.path if test_source else None}
+        check_agrees(lock_dir, wanted, paths)
         test, sha = verify_lock(lock_dir)
     else:
         test = test_rows.rows if test_rows else carve_test(rows.rows, cfg)

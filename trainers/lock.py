@@ -67,13 +67,15 @@ def _identity(loaded: Loaded) -> str:
     return loaded.path if loaded.sha256 is None else f"sha256:{loaded.sha256}"
 
 
-def check_agrees(lock_dir: Path, wanted: dict[str, Any]) -> dict[str, Any]:
+def check_agrees(lock_dir: Path, wanted: dict[str, Any], paths: dict[str, str | None]) -> dict[str, Any]:
     """The manifest, if its defining fields are the config's; otherwise one error naming each difference."""
     manifest_file = lock_dir / "manifest.json"
     try:
         manifest = json.loads(manifest_file.read_text())
     except (OSError, ValueError) as exc:
-        raise LockMismatchError(f"{manifest_file}: unreadable lock manifest ({exc}); restore it from git/backup") from exc
+        raise LockMismatchError(
+            f"{manifest_file}: unreadable lock manifest ({exc}); restore it from git/backup"
+        ) from exc
     locked = manifest.get("defined_by") if isinstance(manifest, dict) else None
     if not isinstance(locked, dict):
         # An older lock holds rows rendered with the template of its day and no record of its source's
@@ -86,9 +88,11 @@ def check_agrees(lock_dir: Path, wanted: dict[str, Any]) -> dict[str, Any]:
         )
     differ = [f for f in DEFINING if locked.get(f) != wanted.get(f)]
     if differ:
-        paths = {"source": manifest.get("source_path"), "test_source": manifest.get("test_source_path")}
-        lines = [f"data.{f}: lock {_show(f, locked.get(f), paths.get(f))}, config {_show(f, wanted.get(f))}"
-                 for f in differ]  # fmt: skip
+        was = {"source": manifest.get("source_path"), "test_source": manifest.get("test_source_path")}
+        lines = [
+            f"data.{f}: lock {_show(f, locked.get(f), was.get(f))}, config {_show(f, wanted.get(f), paths.get(f))}"
+            for f in differ
+        ]
         raise LockConflictError(
             f"data: the config disagrees with the locked test set in {lock_dir} on {len(differ)} setting(s) that "
             "decide which rows are in it:\n    " + "\n    ".join(lines) + "\n  Use the lock's settings, or lock "
@@ -97,10 +101,10 @@ def check_agrees(lock_dir: Path, wanted: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-NOT_USED = {"source": "not used (the test set is data.test_source)", "seed": "not used (the test set is data.test_source)",
-            "test_size": "not used (the test set is data.test_source)", "n_examples": "not used (not the built-in task)",
-            "prompt_column": "not used (chat rows)", "completion_column": "not used (chat rows)",
-            "test_source": "none (carved from data.source)"}  # fmt: skip
+_BY_TEST_FILE = "not used (the test set is data.test_source)"
+NOT_USED = {"source": _BY_TEST_FILE, "seed": _BY_TEST_FILE, "test_size": _BY_TEST_FILE,
+            "n_examples": "not used (not the built-in task)", "prompt_column": "not used (chat rows)",
+            "completion_column": "not used (chat rows)", "test_source": "none (carved from data.source)"}  # fmt: skip
 
 
 def _show(field: str, value: Any, path: str | None = None) -> str:
@@ -141,7 +145,9 @@ def verify_lock(lock_dir: Path) -> tuple[list[Row], str]:
     try:
         expected = json.loads(manifest_file.read_text())["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LockMismatchError(f"{manifest_file}: unreadable lock manifest ({exc}); restore it from git/backup") from exc
+        raise LockMismatchError(
+            f"{manifest_file}: unreadable lock manifest ({exc}); restore it from git/backup"
+        ) from exc
     if not test_file.is_file():
         raise LockMismatchError(f"{test_file}: the locked test set is missing; restore it (sha256 {expected})")
     try:

@@ -58,7 +58,8 @@ def read(cfg: DataConfig, key: str = "source") -> Loaded:
             raise DataError(f"data.{key}: {source!r}: unknown built-in task; the built-in is builtin:dates "
                             "(data.source only), a test file must be a .jsonl, .csv or .parquet file")
         if cfg.format == "chat":
-            raise DataError("data.format: 'chat': builtin:dates has plain prompt/completion rows; use auto or plain")
+            raise DataError("data.format: 'chat': builtin:dates has plain prompt/completion rows: use auto or "
+                            "plain")
         return Loaded(make_dates(cfg.n_examples, seed=cfg.seed), "plain", None, source)
     path = Path(source).expanduser()
     if not path.is_file():
