@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
 SMOKE = REPO / "sweeps" / "configs" / "smoke.yaml"
-SMOKE_LOCK = CACHE / "locks" / "dates-n300-seed1234-test40"  # the smoke config's builtin data, shared
+SMOKE_LOCK = CACHE / "locks" / "dates-n300-seed1234"  # the smoke config's builtin data, shared
 SMOKE_DATA = {"n_examples": 300, "test_size": 40, "val_size": 20}
 
 
@@ -106,6 +106,16 @@ def tampered_lock(tmp: Path) -> Path:
     row = json.loads(first)
     row["completion"] = "1999-01-01"  # someone "fixed" an answer in the locked set
     test.write_text(json.dumps(row) + "\n" + rest)
+    return lock
+
+
+def other_lock(tmp: Path) -> Path:
+    """A lock of the smoke config's builtin data carved with another test_size."""
+    from trainers.config import DataConfig
+    from trainers.data import prepare
+
+    lock = tmp / "lock"
+    prepare(DataConfig(**{**SMOKE_DATA, "test_size": 30}, lock_dir=str(lock)))  # type: ignore[arg-type]
     return lock
 
 
@@ -197,10 +207,11 @@ CASES = [
          ("30 usable examples, need at least 61", "test_size 40 + val_size 20", "add data or lower them")),
     Case("data-builtin-too-few", lambda t: sweep("--config", sweep_config(t, data={"n_examples": 50})),
          ("'builtin:dates': 50 examples, need at least 61", "raise data.n_examples or lower them")),
-    Case("data-duplicate-prompts",
-         sweep_on_data(jsonl("dup.jsonl", rows(100) + [{"prompt": "  WHAT is 7 plus 7?", "completion": "14"}])),
-         ("1 prompt(s) appear more than once", "examples 8 and 101", "locked test set and in training",
-          "remove or merge the duplicate rows")),
+    Case("data-mostly-duplicates",  # a few repeated prompts are dropped and counted; more than 10% is refused
+         sweep_on_data(jsonl("dup.jsonl", rows(100) + [{**r, "prompt": "  " + r["prompt"].upper()} for r in rows(12)])),
+         ("12 of 112 rows (11%) repeat an earlier prompt", "rows 1 and 101", "remove the repeated rows")),
+    Case("lock-disagrees", lambda t: sweep("--config", sweep_config(t, data={"lock_dir": str(other_lock(t))})),
+         ("disagrees with the locked test set", "data.test_size: lock 30, config 40", "new data.lock_dir")),
     Case("lock-changed", lambda t: sweep("--config", sweep_config(t, data={"lock_dir": str(tampered_lock(t))})),
          ("the locked test set changed: sha256 is", "the lock says", "Restore the original file")),
     # Search space and sweep config.
