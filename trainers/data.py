@@ -69,12 +69,16 @@ def _split(cfg: DataConfig, write: bool) -> Splits:
     wanted = definition(cfg, source, test_source)
     lock_dir = lock_path(cfg)
     exists = (lock_dir / "manifest.json").exists()
+
+    def would_lock() -> list[Row]:
+        return test_rows.rows if test_rows else carve_test(rows.rows, cfg)
+
     if exists:
         paths = {"source": source.path, "test_source": test_source.path if test_source else None}
-        check_agrees(lock_dir, wanted, paths)
+        check_agrees(lock_dir, wanted, paths, would_lock)
         test, sha = verify_lock(lock_dir)
     else:
-        test = test_rows.rows if test_rows else carve_test(rows.rows, cfg)
+        test = would_lock()
         sha = content_sha256(test)
     test_keys = {row_key(r) for r in test}
     rest = [r for r in rows.rows if row_key(r) not in test_keys]

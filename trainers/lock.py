@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,10 @@ def _identity(loaded: Loaded) -> str:
     return loaded.path if loaded.sha256 is None else f"sha256:{loaded.sha256}"
 
 
-def check_agrees(lock_dir: Path, wanted: dict[str, Any], paths: dict[str, str | None]) -> dict[str, Any]:
-    """The manifest, if its defining fields are the config's; otherwise one error naming each difference."""
+def check_agrees(lock_dir: Path, wanted: dict[str, Any], paths: dict[str, str | None],
+                 would_lock: Callable[[], list[Row]]) -> dict[str, Any]:  # fmt: skip
+    """The manifest, if its defining fields are the config's; otherwise one error naming each difference.
+    `would_lock` gives the rows this config would lock, to check a manifest that records no defining fields."""
     manifest_file = lock_dir / "manifest.json"
     try:
         manifest = json.loads(manifest_file.read_text())
@@ -78,13 +81,15 @@ def check_agrees(lock_dir: Path, wanted: dict[str, Any], paths: dict[str, str | 
         ) from exc
     locked = manifest.get("defined_by") if isinstance(manifest, dict) else None
     if not isinstance(locked, dict):
-        # An older lock holds rows rendered with the template of its day and no record of its source's
-        # content: nothing to check a config against, so it is refused rather than trusted.
+        # A lock from before manifests recorded their defining fields (its rows may have been stored with a
+        # template applied). It is trusted only when this config carves exactly its rows, hash for hash.
+        if isinstance(manifest, dict) and content_sha256(would_lock()) == manifest.get("sha256"):
+            return manifest
         raise LockConflictError(
-            f"{manifest_file}: this lock was written by an earlier sweepboard and does not record what defines it "
-            "(source content, columns, format, test_size, seed), so your data config cannot be checked against it. "
-            f"Lock anew on purpose: set a new data.lock_dir (or move {lock_dir} away) and run `sweepboard lock` "
-            "again; runs scored on the old lock are compared only with each other"
+            f"{manifest_file}: this lock was written by an earlier sweepboard: it does not record what defines it "
+            "(source content, columns, format, test_size, seed), and its rows are not the ones this data config "
+            f"would lock. Lock anew on purpose: set a new data.lock_dir (or move {lock_dir} away) and run "
+            "`sweepboard lock` again; runs scored on the old lock are compared only with each other"
         )
     differ = [f for f in DEFINING if locked.get(f) != wanted.get(f)]
     if differ:

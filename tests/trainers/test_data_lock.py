@@ -13,7 +13,7 @@ import pytest
 from sweeps.cli import main
 from trainers import run_trial
 from trainers.config import DataConfig
-from trainers.data import DataError, LockConflictError, check, prepare, row_key
+from trainers.data import DataError, LockConflictError, check, content_sha256, prepare, row_key
 
 LABELS = ["billing", "bug", "feature", "refund"]
 N = 200
@@ -164,14 +164,27 @@ def test_default_lock_folder_meets_a_changed_test_size(tmp_path: Path, monkeypat
     assert len(list((tmp_path / "cache" / "locks").iterdir())) == 2
 
 
-def test_lock_from_before_defining_fields_is_refused(tmp_path: Path) -> None:
+def _old_manifest(lock: Path, rows: list[dict[str, str]], source: str) -> None:
+    """A lock as earlier versions wrote it: rows and a manifest without the fields that define them."""
+    (lock / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = {"sha256": content_sha256(rows), "count": len(rows), "source": source, "seed": 1234,
+                "created": "2026-05-01T00:00:00+00:00", "format": "jsonl rows {prompt, completion}"}  # fmt: skip
+    (lock / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_lock_from_before_defining_fields_is_trusted_only_when_its_rows_are_reproduced(tmp_path: Path) -> None:
     data = csv_file(tmp_path / "train.csv", tickets())
-    prepare(cfg_for(data, tmp_path))
-    manifest_file = tmp_path / "lock" / "manifest.json"
-    old = json.loads(manifest_file.read_text())
-    manifest_file.write_text(json.dumps({k: old[k] for k in ("sha256", "count", "created")} | {"source": data}))
+    cfg = cfg_for(data, tmp_path)
+    test = prepare(cfg).test
+    _old_manifest(tmp_path / "lock", test, data)  # exactly the rows this config carves: safe to use
+    assert check(cfg).test == test and prepare(cfg).sha256 == content_sha256(test)
+    # Earlier versions stored rows with the template applied: not what the config carves now, so refused.
+    _old_manifest(tmp_path / "lock", [{**r, "prompt": f"Q: {r['prompt']}"} for r in test], data)
     with pytest.raises(LockConflictError, match="earlier sweepboard.*Lock anew on purpose.*data.lock_dir"):
-        check(cfg_for(data, tmp_path))
+        check(cfg)
+    _old_manifest(tmp_path / "lock", test, data)
+    with pytest.raises(LockConflictError, match="earlier sweepboard"):
+        check(cfg_for(data, tmp_path, seed=5))  # another carve than the old lock's
 
 
 def test_refusal_is_a_data_error_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
