@@ -113,7 +113,7 @@ def load_rows(cfg: DataConfig) -> list[Row]:
             f"{', '.join(ds.column_names) or 'no columns'}: set data.prompt_column / data.completion_column"
         )
     rows = [
-        {"prompt": cfg.prompt_template.format(prompt=str(p)), "completion": str(c)}
+        {"prompt": str(p), "completion": str(c)}  # raw: trainers/render.py applies the template
         for p, c in zip(ds[cfg.prompt_column], ds[cfg.completion_column], strict=True)
         if p is not None and c is not None
     ]
