@@ -30,9 +30,7 @@ def generate_answers(
     """Greedy answers to rendered prompts, and which prompts were cut to `max_prompt_tokens`. A prompt is cut
     as training cuts one (train.left_truncate: its start goes), so the model sees what it was trained on."""
     model.eval()
-    ids = tok(prompts, add_special_tokens=False).input_ids
-    truncated = [len(x) > max_prompt_tokens for x in ids]
-    ids = [left_truncate(x, max_prompt_tokens) for x in ids]
+    ids, truncated = model_inputs(tok, prompts, max_prompt_tokens)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -50,6 +48,12 @@ def generate_answers(
         for i, text in zip(idx, texts, strict=True):
             out[i] = text.strip()
     return out, truncated
+
+
+def model_inputs(tok: Any, prompts: list[str], max_prompt_tokens: int) -> tuple[list[list[int]], list[bool]]:
+    """The token ids the model is given for each prompt, and whether the prompt had to be cut to fit."""
+    ids = tok(prompts, add_special_tokens=False).input_ids
+    return [left_truncate(x, max_prompt_tokens) for x in ids], [len(x) > max_prompt_tokens for x in ids]
 
 
 def _left_padded(rows: list[list[int]], pad_id: int, device: str) -> dict[str, torch.Tensor]:

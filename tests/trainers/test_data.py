@@ -67,7 +67,7 @@ def test_bring_your_own_data(tmp_path: Path, suffix: str) -> None:
                      val_size=10, lock_dir=str(tmp_path / "lock"), prompt_template="Q: {prompt}")  # fmt: skip
     splits = prepare(cfg)
     assert len(splits.test) == 20 and len(splits.val) == 10 and len(splits.train) == 90
-    assert splits.test[0]["prompt"].startswith("Q: ")
+    assert not splits.test[0]["prompt"].startswith("Q: ")  # rows stay raw: trainers/render.py applies the template
 
 
 def test_bad_data_is_named(tmp_path: Path) -> None:
