@@ -60,7 +60,7 @@ def test_plain_rows_rendered_as_a_user_turn_end_to_end(tiny_config: dict[str, An
 
 
 def test_accuracy_labels_default_to_the_completions_and_explicit_labels_win(
-    tiny_config: dict[str, Any], tmp_path: Path
+    tiny_config: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = own(tiny_config, tmp_path, parity_rows(120), metric="accuracy")
     metrics = run_trial({**cfg, "method": "lora", "steps": 2})
@@ -69,11 +69,17 @@ def test_accuracy_labels_default_to_the_completions_and_explicit_labels_win(
     whole = [float(p["predicted"].strip().lower() == p["expected"]) for p in preds]
     assert [p["score"] for p in preds] == whole
     assert metrics["test_quality"] == pytest.approx(sum(whole) / len(whole))
-    cfg["data"]["labels"] = ["yes", "no", "maybe"]
+    cfg["data"]["labels"] = ["yes", "maybe"]
     cfg["out"] = str(tmp_path / "explicit")
-    assert run_trial({**cfg, "method": "none"})["labels"] == ["yes", "no", "maybe"]
+    capsys.readouterr()
+    explicit = run_trial({**cfg, "method": "none"})
+    assert explicit["labels"] == ["yes", "maybe"]
+    n_no = sum(p["expected"] == "no" for p in preds)
+    assert f"warning: {n_no} of 40 test answers are not in data.labels" in capsys.readouterr().out
     # Only accuracy has a label set.
-    assert "labels" not in run_trial({**tiny_config, "method": "none", "out": str(tmp_path / "em")})
+    em = {**tiny_config, "method": "none", "out": str(tmp_path / "em")}
+    em["data"] = {**tiny_config["data"], "lock_dir": str(tmp_path / "em-lock")}
+    assert "labels" not in run_trial(em)
 
 
 def test_unique_completions_with_accuracy_say_it_is_exact_match(
