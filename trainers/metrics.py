@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 METRICS = ("exact_match", "token_f1", "accuracy")
 
@@ -70,6 +71,28 @@ def label_note(labels: Sequence[str], n_rows: int) -> str | None:
             "classification task, data.metric: exact_match or token_f1 says so better"
         )
     return None
+
+
+def choose_labels(
+    metric: str, explicit: Sequence[str] | None, rows: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]]
+) -> tuple[list[str] | None, list[str]]:
+    """The label set accuracy scores with (None for other metrics): data.labels where given, else the distinct
+    completions of all rows; and what the user should hear about it."""
+    if metric != "accuracy":
+        return None, []
+    labels = list(explicit) if explicit else infer_labels(str(r["completion"]) for r in rows)
+    notes = []
+    note = label_note(labels, len(rows))
+    if note is not None:
+        notes.append(f"note: {note}")
+    known = {normalize(label) for label in labels}
+    outside = sum(normalize(str(r["completion"])) not in known for r in test)
+    if outside:
+        notes.append(
+            f"warning: {outside} of {len(test)} test answers are not in data.labels, so no prediction can match "
+            "them: add those labels, or leave data.labels out to use the data's"
+        )
+    return labels, notes
 
 
 def scorer(name: str, labels: Sequence[str] | None = None) -> Callable[[str, str], float]:

@@ -24,7 +24,7 @@ from trainers import data as data_mod
 from trainers import evaluate, render
 from trainers import model as model_mod
 from trainers.config import ConfigError, TrialConfig, batch_problem, from_dict, planned_steps
-from trainers.metrics import infer_labels, label_accuracy, label_note, scorer
+from trainers.metrics import choose_labels, scorer
 from trainers.train import Report, encode, train
 
 
@@ -184,19 +184,9 @@ def _plan(cfg: TrialConfig, splits: data_mod.Splits) -> dict[str, Any]:
         raise ConfigError([problem])
     rows = splits.train + splits.val + splits.test
     render.check(cfg, rows)
-    labels = None
-    if cfg.data.metric == "accuracy":
-        labels = list(cfg.data.labels) if cfg.data.labels else infer_labels(r["completion"] for r in rows)
-        note = label_note(labels, len(rows))
-        if note is not None:
-            print(f"sweepboard: note: {note}", flush=True)
-        outside = sum(label_accuracy(labels)(r["completion"], r["completion"]) == 0 for r in splits.test)
-        if outside:
-            print(
-                f"sweepboard: warning: {outside} of {len(splits.test)} test answers are not in data.labels, so "
-                "no prediction can match them: add those labels, or leave data.labels out to use the data's",
-                flush=True,
-            )
+    labels, notes = choose_labels(cfg.data.metric, cfg.data.labels, rows, splits.test)
+    for note in notes:
+        print(f"sweepboard: {note}", flush=True)
     steps = planned_steps(cfg, len(splits.train))
     return {"steps": steps, "labels": labels, "data_format": render.data_format(rows)}
 
