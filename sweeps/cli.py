@@ -68,6 +68,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--dropout", dest="lora_dropout", type=float)
     p.add_argument("--lr", dest="learning_rate", type=float)
     p.add_argument("--steps", type=int)
+    p.add_argument("--epochs", type=float, help="passes over the training rows, instead of --steps")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -85,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
     from trainers.trial import run_trial
 
     keys = ("method", "model", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate", "steps",
-            "batch_size", "precision", "device", "price_per_hour", "out")  # fmt: skip
+            "epochs", "batch_size", "precision", "device", "price_per_hour", "out")  # fmt: skip
     overrides = {k: getattr(args, k) for k in keys}
     if args.config:
         cfg = config_mod.load(args.config, overrides)
@@ -103,8 +104,9 @@ def _train(args: argparse.Namespace) -> int:
         )
 
     metrics = run_trial(cfg, report=progress)
-    shown = ("method", "test_quality", "val_quality", "n_test", "wall_seconds", "tokens_per_second",
-             "peak_memory_mb", "trainable_params", "adapter_mb", "cost_usd", "status")  # fmt: skip
+    shown = ("method", "steps", "test_quality", "val_quality", "n_test", "truncated_train", "truncated_test",
+             "wall_seconds", "tokens_per_second", "peak_memory_mb", "trainable_params", "adapter_mb", "cost_usd",
+             "status")  # fmt: skip
     print(json.dumps({k: metrics[k] for k in shown}, indent=2))
     print(f"wrote {cfg.out}/metrics.json")
     return 0

@@ -91,10 +91,24 @@ def _check_task(cfg: sweep_config.SweepConfig, space: Any, problems: list[str]) 
         trial = from_dict({**cfg.trial, "method": "lora"})
     except ConfigError:
         return  # the sweep config's own check has reported these
-    _collect(problems, lambda: data_mod.check(trial.data))
+    splits = _collect(problems, lambda: data_mod.check(trial.data))
+    if splits is not None:
+        problems.extend(_rows_problems(trial, splits))
     module_names = _collect(problems, lambda: model_mod.check(trial))
     if module_names is not None and space is not None:
         problems.extend(space.target_problems(module_names))
+
+
+def _rows_problems(trial: Any, splits: Any) -> list[str]:
+    """What every trial would refuse once it has the rows: too few for one batch, no chat template to render
+    them with (the model's tokenizer is read, not the weights)."""
+    from trainers import render
+    from trainers.config import batch_problem
+
+    problem = batch_problem(trial, len(splits.train))
+    found = [problem] if problem is not None else []
+    _collect(found, lambda: render.check(trial, splits.train + splits.val + splits.test))
+    return found
 
 
 def _collect(problems: list[str], check: Any) -> Any:

@@ -40,7 +40,7 @@ class DataConfig:
     metric: str = "exact_match"  # exact_match | token_f1 | accuracy
     labels: list[str] | None = None  # the label set, for metric accuracy
     prompt_template: str = "{prompt}"  # how a row's prompt becomes model input
-    chat_template: bool = False  # plain rows: render the prompt as a user turn with the model's chat template
+    chat_template: bool = False  # plain rows: render the templated prompt as a user turn of the model's chat
     # Generation stops at these strings (cut from the answer). Default: a newline when every test answer is
     # one line, as lm-eval-harness does, so a base model that answers and rambles on is scored on its answer.
     stop: list[str] | None = None
@@ -61,7 +61,8 @@ class TrialConfig:
     target_modules: str = "attention"  # attention | attention+mlp | all-linear | q_proj,v_proj,...
     lora_dropout: float = 0.05
     learning_rate: float | None = None  # default by method: 2e-4 for LoRA/QLoRA, 1e-5 for full fine-tuning
-    steps: int = 80
+    steps: int = 80  # optimizer steps; with `epochs` set, derived from the training rows (planned_steps)
+    epochs: float | None = None  # passes over the training rows, instead of steps
     batch_size: int = 8
     grad_accum: int = 1
     max_seq_len: int = 256
@@ -91,6 +92,11 @@ def from_dict(raw: dict[str, Any]) -> TrialConfig:
         data_raw = {}
     data = _build(DataConfig, data_raw, "data.", problems)
     cfg = _build(TrialConfig, raw, "", problems)
+    if raw.get("steps") is not None and raw.get("epochs") is not None:
+        problems.append(
+            f"steps: {raw['steps']!r} and epochs: {raw['epochs']!r}: give one of them, not both "
+            "(epochs derives the steps from the training rows and the batch)"
+        )
     cfg.data = data
     if cfg.learning_rate is None:
         cfg.learning_rate = DEFAULT_LR.get(cfg.method, 2e-4)
@@ -115,7 +121,33 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> TrialConf
 
 
 def to_dict(cfg: TrialConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    raw = dataclasses.asdict(cfg)
+    if cfg.epochs is not None:
+        del raw["steps"]  # a placeholder then: the steps come from epochs, and from_dict refuses both
+    return raw
+
+
+def planned_steps(cfg: TrialConfig, n_train: int) -> int:
+    """The optimizer steps a trial trains for: `steps`, or `epochs` passes over the training rows. One pass
+    is every full batch once (the training loop drops the last partial batch of each shuffled pass), and a
+    step takes grad_accum batches: steps = ceil(epochs * (n_train // batch_size) / grad_accum)."""
+    if cfg.method == "none":
+        return 0
+    if cfg.epochs is None:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * (n_train // cfg.batch_size) / cfg.grad_accum))
+
+
+def batch_problem(cfg: TrialConfig, n_train: int) -> str | None:
+    """Training needs at least one whole batch of distinct rows; the loop would otherwise fail in every trial."""
+    need = cfg.batch_size * cfg.grad_accum
+    if cfg.method == "none" or n_train >= need:
+        return None
+    return (
+        f"batch_size x grad_accum: {cfg.batch_size} x {cfg.grad_accum} = {need} rows per optimizer step, but "
+        f"the training split has {n_train}: add training data, lower data.val_size/data.test_size, or lower "
+        "batch_size/grad_accum"
+    )
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:
@@ -195,11 +227,18 @@ def validate(cfg: TrialConfig) -> list[str]:
         lr = cfg.learning_rate
         if lr is None or not (lr > 0 and math.isfinite(lr)) or lr >= 1:
             p.append(f"learning_rate: {cfg.learning_rate!r}: must be in (0, 1), e.g. 2e-4 for LoRA")
-        if cfg.steps <= 0:
+        if cfg.epochs is None and cfg.steps <= 0:
             p.append(f"steps: {cfg.steps!r}: must be a positive number of optimizer steps")
+        if cfg.epochs is not None and not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
+            p.append(f"epochs: {cfg.epochs!r}: must be a positive number of passes over the training data, e.g. 2")
     for key in ("batch_size", "grad_accum", "max_seq_len", "max_new_tokens", "eval_every", "eval_batch_size"):
         if getattr(cfg, key) is None or getattr(cfg, key) <= 0:
             p.append(f"{key}: {getattr(cfg, key)!r}: must be a positive integer")
+    if cfg.max_seq_len > 0 and cfg.max_new_tokens >= cfg.max_seq_len:
+        p.append(
+            f"max_new_tokens: {cfg.max_new_tokens!r}: must be below max_seq_len ({cfg.max_seq_len}): evaluation "
+            "fits prompt + generated answer in max_seq_len tokens, as training fits prompt + answer"
+        )
     if cfg.threads is not None and cfg.threads <= 0:
         p.append(f"threads: {cfg.threads!r}: must be a positive integer, or leave it out")
     if not cfg.model.strip():
@@ -213,9 +252,10 @@ def validate(cfg: TrialConfig) -> list[str]:
     d = cfg.data
     if d.metric not in ("exact_match", "token_f1", "accuracy"):
         p.append(f"data.metric: {d.metric!r}: use exact_match, token_f1 or accuracy")
-    if d.metric == "accuracy" and not d.labels:
+    if d.labels is not None and not [label for label in d.labels if label.strip()]:
         p.append(
-            "data.labels: missing: metric accuracy needs the label set, e.g. labels: [positive, negative]"
+            f"data.labels: {d.labels!r}: empty; list the labels, or leave the key out to use the distinct "
+            "completions of the data"
         )
     if (d.test_size is not None and d.test_size <= 0) or d.val_size <= 0:
         p.append(f"data.test_size/val_size: {d.test_size}/{d.val_size}: both must be positive")

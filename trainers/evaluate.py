@@ -13,26 +13,29 @@ from typing import Any
 
 import torch
 
+from trainers.train import left_truncate
+
 
 @torch.inference_mode()
 def generate_answers(
     model: Any,
     tok: Any,
     prompts: list[str],
+    max_prompt_tokens: int,
     max_new_tokens: int,
     batch_size: int,
     device: str,
     autocast_dtype: torch.dtype | None,
-) -> list[str]:
+) -> tuple[list[str], list[bool]]:
+    """Greedy answers to rendered prompts, and which prompts were cut to `max_prompt_tokens`. A prompt is cut
+    as training cuts one (train.left_truncate: its start goes), so the model sees what it was trained on."""
     model.eval()
-    tok.padding_side = "left"  # generation continues from the right edge of every row
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    ids, truncated = model_inputs(tok, prompts, max_prompt_tokens)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(
-            device
-        )
+        enc = _left_padded([ids[i] for i in idx], tok.pad_token_id, device)
         with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             gen = model.generate(
                 **enc,
@@ -44,10 +47,28 @@ def generate_answers(
         texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for i, text in zip(idx, texts, strict=True):
             out[i] = text.strip()
-    return out
+    return out, truncated
 
 
-def stop_strings(rows: list[dict[str, str]], configured: list[str] | None) -> list[str]:
+def model_inputs(tok: Any, prompts: list[str], max_prompt_tokens: int) -> tuple[list[list[int]], list[bool]]:
+    """The token ids the model is given for each prompt, and whether the prompt had to be cut to fit."""
+    ids = tok(prompts, add_special_tokens=False).input_ids
+    return [left_truncate(x, max_prompt_tokens) for x in ids], [len(x) > max_prompt_tokens for x in ids]
+
+
+def _left_padded(rows: list[list[int]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    """Pad on the left: generation continues from the right edge of every row."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def stop_strings(rows: list[dict[str, Any]], configured: list[str] | None) -> list[str]:
     if configured is not None:
         return [s.encode().decode("unicode_escape") for s in configured if s]  # YAML "\\n" means a newline
     return [] if any("\n" in r["completion"].strip() for r in rows) else ["\n"]
@@ -63,16 +84,31 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
 
 
 def score(
-    rows: list[dict[str, str]], predictions: list[str], scorer: Callable[[str, str], float]
+    rows: list[dict[str, Any]], predictions: list[str], scorer: Callable[[str, str], float]
 ) -> tuple[float, list[float]]:
     scores = [scorer(p, r["completion"]) for p, r in zip(predictions, rows, strict=True)]
     return (sum(scores) / len(scores) if scores else 0.0), scores
 
 
 def write_predictions(
-    path: Path, rows: list[dict[str, str]], predictions: list[str], scores: list[float]
+    path: Path,
+    rows: list[dict[str, Any]],
+    prompts: list[str],
+    predictions: list[str],
+    scores: list[float],
+    truncated: list[bool],
 ) -> None:
+    """One line per locked test row, in the lock's order (runs are paired by line): the rendered prompt the
+    model saw, the raw row it came from, the answer and its score."""
     with path.open("w", encoding="utf-8") as f:
-        for row, pred, s in zip(rows, predictions, scores, strict=True):
-            record = {"prompt": row["prompt"], "expected": row["completion"], "predicted": pred, "score": s}
+        for row, prompt, pred, s, cut in zip(rows, prompts, predictions, scores, truncated, strict=True):
+            raw = {"raw_messages": row["messages"]} if "messages" in row else {"raw_prompt": row["prompt"]}
+            record = {
+                "prompt": prompt,
+                **raw,
+                "expected": row["completion"],
+                "predicted": pred,
+                "score": s,
+                "truncated": cut,
+            }
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -31,19 +31,29 @@ Report = Callable[[dict[str, Any], "str | None"], "bool | None"]
 class Encoded:
     ids: list[list[int]]
     labels: list[list[int]]
+    truncated: int = 0  # examples whose prompt + answer + EOS did not fit max_len and were cut
 
 
 def encode(tok: Any, rows: list[dict[str, str]], max_len: int) -> Encoded:
-    """Prompt + completion + EOS; labels mask the prompt. Long prompts lose their start, never the answer."""
+    """Rendered prompt + completion + EOS; labels mask the prompt. What does not fit max_len is cut from the
+    prompt's start (left truncation: the end of the prompt, next to the answer, and the answer stay); only
+    an answer longer than max_len - 1 tokens loses its own end. Cut examples are counted, never silent."""
     prompts = tok([r["prompt"] for r in rows], add_special_tokens=False).input_ids
     answers = tok([r["completion"] for r in rows], add_special_tokens=False).input_ids
-    ids, labels = [], []
+    ids, labels, truncated = [], [], 0
     for p, a in zip(prompts, answers, strict=True):
+        if len(p) + len(a) + 1 > max_len:
+            truncated += 1
         a = a[: max_len - 1] + [tok.eos_token_id]
-        p = p[-(max_len - len(a)) :] if len(p) + len(a) > max_len else p
+        p = left_truncate(p, max_len - len(a))
         ids.append(p + a)
         labels.append([IGNORE] * len(p) + a)
-    return Encoded(ids, labels)
+    return Encoded(ids, labels, truncated)
+
+
+def left_truncate(ids: list[int], budget: int) -> list[int]:
+    """The last `budget` tokens: training and evaluation both cut a long prompt from its start."""
+    return ids[len(ids) - budget :] if len(ids) > budget else ids
 
 
 def batches_for_step(n: int, lengths: list[int], batch_size: int, seed: int, step: int) -> list[int]:

@@ -6,6 +6,7 @@ standalone (`sweepboard train`) it prints progress instead.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -20,10 +21,10 @@ import torch
 from tracking.cost import device_hours
 from tracking.prices import PriceQuote, detect_device, price_per_hour
 from trainers import data as data_mod
-from trainers import evaluate
+from trainers import evaluate, render
 from trainers import model as model_mod
-from trainers.config import TrialConfig, from_dict
-from trainers.metrics import scorer
+from trainers.config import ConfigError, TrialConfig, batch_problem, from_dict, planned_steps
+from trainers.metrics import choose_labels, scorer
 from trainers.train import Report, encode, train
 
 
@@ -48,8 +49,12 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     def elapsed() -> float:
         return prior_seconds + time.perf_counter() - started
 
-    # Data: the locked test set is created on first use and verified on every later one.
+    # Data: the locked test set is created on first use and verified on every later one. Rows stay raw until
+    # rendered for the model (render.py), the same way for training, validation and test.
     splits = data_mod.prepare(cfg.data)
+    # What would fail later (too few rows, no chat template) is refused here, before the model is loaded.
+    plan = _plan(cfg, splits)
+    cfg = dataclasses.replace(cfg, steps=plan["steps"])
 
     # Model.
     t0 = time.perf_counter()
@@ -62,9 +67,13 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     # Train.
     t0 = time.perf_counter()
     state: dict[str, Any] = {"step": 0, "tokens": 0, "val": {}, "stopped_early": False, "train_seconds": 0.0}
-    val_enc = encode(tok, splits.val, cfg.max_seq_len)
-    train_enc = encode(tok, splits.train, cfg.max_seq_len) if cfg.method != "none" else None
+    val_enc = encode(tok, render.render(splits.val, cfg.data, tok), cfg.max_seq_len)
+    train_enc = None
+    if cfg.method != "none":
+        train_enc = encode(tok, render.render(splits.train, cfg.data, tok), cfg.max_seq_len)
     tokenize_seconds = time.perf_counter() - t0
+    _warn_truncated(train_enc.truncated if train_enc else 0, len(splits.train), "training", cfg)
+    _warn_truncated(val_enc.truncated, len(splits.val), "validation", cfg)
     if train_enc is not None:
         state = train(
             model,
@@ -86,17 +95,21 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         state["validate_seconds"] = time.perf_counter() - t1
     train_seconds = time.perf_counter() - t0
 
-    # Evaluate once on the locked test set, after checking it is still the set that was locked.
+    # Evaluate once on the locked test set, after checking it is still the set that was locked. Prompt and
+    # generated answer fit max_seq_len, as prompt and answer did in training; a longer prompt loses its start.
     t0 = time.perf_counter()
     test, sha = data_mod.verify_lock(splits.lock_dir)
-    predictions = evaluate.generate_answers(
-        model, tok, [r["prompt"] for r in test], cfg.max_new_tokens, cfg.eval_batch_size, device, autocast
-    )
+    prompts = [render.render_prompt(r, cfg.data, tok) for r in test]
+    predictions, cut = evaluate.generate_answers(
+        model, tok, prompts, cfg.max_seq_len - cfg.max_new_tokens, cfg.max_new_tokens, cfg.eval_batch_size,
+        device, autocast,
+    )  # fmt: skip
+    _warn_truncated(sum(cut), len(test), "test", cfg)
     stops = evaluate.stop_strings(test, cfg.data.stop)
     predictions = [evaluate.cut_at_stop(p, stops) for p in predictions]
-    quality, scores = evaluate.score(test, predictions, scorer(cfg.data.metric, cfg.data.labels))
+    quality, scores = evaluate.score(test, predictions, scorer(cfg.data.metric, plan["labels"]))
     test_seconds = time.perf_counter() - t0
-    evaluate.write_predictions(out / "test_predictions.jsonl", test, predictions, scores)
+    evaluate.write_predictions(out / "test_predictions.jsonl", test, prompts, predictions, scores, cut)
     adapter_mb = _save_adapter(model, cfg, out)
     eval_seconds = time.perf_counter() - t0
     memory.stop()
@@ -112,10 +125,15 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         "lora_dropout": cfg.lora_dropout if cfg.method in ("lora", "qlora") else None,
         "learning_rate": cfg.learning_rate if cfg.method != "none" else None,
         "steps": cfg.steps if cfg.method != "none" else 0,
+        "epochs": cfg.epochs if cfg.method != "none" else None,
         "steps_done": state["step"],
         "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "max_seq_len": cfg.max_seq_len,
         "precision": "bf16" if autocast == torch.bfloat16 else "fp32",
         "metric": cfg.data.metric,
+        "data_format": plan["data_format"],
+        **({"labels": plan["labels"]} if plan["labels"] is not None else {}),
         "test_quality": quality,
         "val_quality": state["val"].get("val_quality"),
         "val_loss": state["val"].get("val_loss"),
@@ -123,6 +141,11 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         "n_test": len(test),
         "n_train": len(splits.train),
         "n_val": len(splits.val),
+        "train_set_sha256": data_mod.content_sha256(splits.train),
+        "val_set_sha256": data_mod.content_sha256(splits.val),
+        "truncated_train": train_enc.truncated if train_enc is not None else 0,
+        "truncated_val": val_enc.truncated,
+        "truncated_test": sum(cut),
         "wall_seconds": wall,
         "load_seconds": load_seconds,
         "train_seconds": train_seconds,
@@ -152,6 +175,30 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _plan(cfg: TrialConfig, splits: data_mod.Splits) -> dict[str, Any]:
+    """What the trial will do with these rows, and every refusal that needs the rows but not the model."""
+    problem = batch_problem(cfg, len(splits.train))
+    if problem is not None:
+        raise ConfigError([problem])
+    rows = splits.train + splits.val + splits.test
+    render.check(cfg, rows)
+    labels, notes = choose_labels(cfg.data.metric, cfg.data.labels, rows, splits.test)
+    for note in notes:
+        print(f"sweepboard: {note}", flush=True)
+    steps = planned_steps(cfg, len(splits.train))
+    return {"steps": steps, "labels": labels, "data_format": render.data_format(rows)}
+
+
+def _warn_truncated(count: int, total: int, split: str, cfg: TrialConfig) -> None:
+    if count:
+        what = "prompt + generated answer" if split == "test" else "prompt + answer"
+        print(
+            f"sweepboard: warning: {count} of {total} {split} examples did not fit max_seq_len={cfg.max_seq_len} "
+            f"tokens ({what}); their prompts lost their start. Raise max_seq_len or shorten the prompts.",
+            flush=True,
+        )
 
 
 class PeakMemory:

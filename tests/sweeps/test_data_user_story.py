@@ -52,7 +52,6 @@ def cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=900)  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="needs render's labels default and rendering (trainers/render.py)")
 def test_lock_then_sweep_with_a_template_on_real_shaped_data(tmp_path: Path) -> None:
     write_data(tmp_path)
     locked = cli(tmp_path, "lock", "--data", "train.csv", "--prompt-column", "text", "--completion-column",

@@ -68,7 +68,6 @@ def test_trial_after_a_template_change_trains_on_no_test_row(tiny_config: dict[s
     assert metrics["n_test"] == 20 and metrics["n_train"] + metrics["n_val"] == N - 20
 
 
-@pytest.mark.xfail(strict=True, reason="needs render's rendering of the locked rows at evaluation (trainers/render.py)")
 def test_locked_rows_are_rendered_with_the_new_template(tiny_config: dict[str, Any], tmp_path: Path) -> None:
     data = csv_file(tmp_path / "train.csv", tickets())
     locked = prepare(cfg_for(data, tmp_path)).test

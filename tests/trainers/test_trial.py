@@ -16,7 +16,8 @@ REQUIRED = {
     "method", "rank", "alpha", "target_modules", "learning_rate", "steps", "test_quality", "val_quality",
     "test_set_sha256", "n_test", "wall_seconds", "load_seconds", "train_seconds", "eval_seconds",
     "tokens_trained", "tokens_per_second", "peak_memory_mb", "trainable_params", "total_params",
-    "adapter_mb", "device", "cost_usd", "status",
+    "adapter_mb", "device", "cost_usd", "status", "epochs", "n_train", "n_val", "train_set_sha256",
+    "val_set_sha256", "truncated_train", "truncated_val", "truncated_test", "data_format",
 }  # fmt: skip
 
 
@@ -30,6 +31,8 @@ def test_each_method_writes_metrics(method: str, tiny_config: dict[str, Any]) ->
     assert written == json.loads(json.dumps(metrics))
     assert written["method"] == method and written["status"] == "finished"
     assert written["n_test"] == 40 and len(written["test_set_sha256"]) == 64
+    assert (written["n_train"], written["n_val"], written["data_format"]) == (200, 20, "plain")
+    assert written["truncated_train"] == written["truncated_val"] == written["truncated_test"] == 0
     assert 0.0 <= written["test_quality"] <= 1.0
     preds = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 40 and all({"expected", "predicted", "score"} <= set(p) for p in preds)
