@@ -22,6 +22,8 @@ ALPHA = 0.05  # p below this: the two runs differ; at or above: tied
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 
+Scores = Sequence[float] | np.ndarray  # one run's per-example scores, in locked test row order
+
 TEST_MCNEMAR = "mcnemar-exact"
 TEST_BOOTSTRAP = "paired-bootstrap"
 
@@ -34,7 +36,7 @@ class Paired:
     mean_difference: float  # mean of a - b over the examples
 
 
-def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float:
+def mcnemar_exact(a: Scores, b: Scores) -> float:
     """Two-sided exact McNemar p-value for two runs' 0/1 scores on the same examples."""
     x, y = _pair(a, b)
     a_only = int(np.sum((x == 1) & (y == 0)))
@@ -44,7 +46,7 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float:
     return float(binomtest(a_only, a_only + b_only, 0.5, alternative="two-sided").pvalue)
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+def paired_bootstrap(a: Scores, b: Scores, resamples: int = BOOTSTRAP_RESAMPLES,
                      seed: int = BOOTSTRAP_SEED) -> float:
     """Two-sided p-value that the mean per-example difference a - b is zero.
 
@@ -67,7 +69,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = BO
     return (extreme + 1) / (resamples + 1)  # never exactly 0: the observed sample is one of the draws
 
 
-def compare(a: Sequence[float], b: Sequence[float]) -> Paired:
+def compare(a: Scores, b: Scores) -> Paired:
     """The paired test that fits the scores: McNemar when both runs scored 0/1, else the paired bootstrap."""
     x, y = _pair(a, b)
     binary = bool(np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all())
@@ -76,7 +78,7 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Paired:
     return Paired(paired_bootstrap(x, y), TEST_BOOTSTRAP, int(x.size), float((x - y).mean()))
 
 
-def _pair(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _pair(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.ndim != 1 or x.shape != y.shape or x.size == 0:
         raise ValueError(f"a paired test needs two equally long, non-empty score lists, got {x.size} and "
