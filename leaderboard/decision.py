@@ -23,13 +23,22 @@ from typing import Any
 import pandas as pd
 
 from leaderboard import choose, fmt, paired
+from leaderboard.decision_text import (
+    CONDITIONS,
+    conditions_line,
+    describe,
+    mb,
+    next_step,
+    ratio,
+    score,
+    times,
+)
 from leaderboard.rank import DEFAULT_FLOOR_FRACTION, DEFAULT_MARGIN
 
 ADAPTER_METHODS = ("lora", "qlora")
 DEFAULT_MIN_ADAPTER_CONFIGS = 3
 # What makes two adapter runs the same configuration (the searched settings).
 CONFIG_COLUMNS = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
-CONDITIONS = ("margin", "significance", "adapter_configs")  # checked in this order
 _EPS = 1e-9  # 0.83 - 0.81 is 0.0200000000000000018 in floats: exactly the margin must not count as beating it
 SUMMARY_FIELDS = (
     "position", "run_id", "run_name", "sweep", "method", "rank", "alpha", "target_modules", "learning_rate",
@@ -91,16 +100,18 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
     baseline_quality = None if base_row is None else float(base_row["test_quality"])
     configs = adapter_configs(measured)
 
-    lines = [f"Chosen on validation: every run below is the one with the highest {choose.SELECTION_COLUMN} "
-             "of its kind (the split the search used); the scores shown are on the locked test set."]
+    lines = [f"Chosen on validation ({choose.SELECTION_COLUMN}, the split the search used): the best baseline, "
+             "adapter and full runs below have the highest validation quality of their kind, the recommended "
+             "run the most validation quality per dollar; every score shown and compared is on the locked "
+             "test set."]
     if base_row is not None:
         lines.append(f"Baseline (base model, no fine-tuning): {fmt.quality(baseline_quality)} {unit} "
                      f"{fmt.interval(base_row['test_quality_ci_low'], base_row['test_quality_ci_high'])}.")
     else:
         lines.append("No baseline run: the lift over the base model is unknown (baseline it first).")
     if adapter_row is not None:
-        lines.append(f"Best LoRA/QLoRA run (of {configs} completed configuration(s)): {_describe(adapter_row)}: "
-                     f"{_score(adapter_row)} for {fmt.usd(adapter_row['cost_usd'])}.")
+        lines.append(f"Best LoRA/QLoRA run (of {configs} completed configuration(s)): {describe(adapter_row)}: "
+                     f"{score(adapter_row)} for {fmt.usd(adapter_row['cost_usd'])}.")
     else:
         lines.append("No LoRA/QLoRA run has both a validation and a test quality.")
 
@@ -109,7 +120,7 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
     conditions: dict[str, bool | None] = {}
     if full_row is not None and adapter_row is not None:
         gain = float(full_row["test_quality"]) - float(adapter_row["test_quality"])
-        multiple = _ratio(full_row["cost_usd"], adapter_row["cost_usd"])
+        multiple = ratio(full_row["cost_usd"], adapter_row["cost_usd"])
         result = choose.pair(full_row, adapter_row, scores)
         if result is not None:
             test, p_value = result.test, result.p_value
@@ -120,19 +131,19 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
         conditions = {"margin": gain > margin + _EPS, "significance": significant,
                       "adapter_configs": configs >= min_adapter_configs}
         escalate = all(conditions.values())
-        lines.append(f"Full fine-tuning: best run {_describe(full_row)} at {_score(full_row)} for "
+        lines.append(f"Full fine-tuning: best run {describe(full_row)} at {score(full_row)} for "
                      f"{fmt.usd(full_row['cost_usd'])}, {fmt.signed(gain)} test {unit} over the best adapter run "
-                     f"at {_times(multiple)} its cost.")
-        lines.append(_conditions_line(conditions, gain, margin, test, p_value, result, configs,
+                     f"at {times(multiple)} its cost.")
+        lines.append(conditions_line(conditions, gain, margin, test, p_value, result, configs,
                                       min_adapter_configs))
     elif full_row is not None:
-        lines.append(f"Full fine-tuning: best run {_describe(full_row)} at {_score(full_row)}; "
+        lines.append(f"Full fine-tuning: best run {describe(full_row)} at {score(full_row)}; "
                      "no adapter run to compare it with.")
     else:
         lines.append("No full fine-tuning run: escalation was not measured "
                      "(nor needed unless LoRA falls short).")
     blocked = next((name for name in CONDITIONS if conditions.get(name) is False), None)
-    next_step = _next_step(blocked, configs, min_adapter_configs, full_row, adapter_row)
+    advice = next_step(blocked, configs, min_adapter_configs, full_row, adapter_row)
 
     recommended, reason = _recommend(ranked, base_row, adapter_row, full_row, escalate, margin, val_floor)
     if recommended is not None:
@@ -140,14 +151,14 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
             if bool(recommended["tied_with_best"]) and not bool(recommended["best"]) else ""
         below = " Its test score is below the quality floor." if bool(recommended["below_floor"]) else ""
         lines.append(
-            f"Recommended: {_describe(recommended)}: quality {_score(recommended)}, cost "
-            f"{fmt.usd(recommended['cost_usd'])}, adapter {_mb(recommended['adapter_mb'])}, "
+            f"Recommended: {describe(recommended)}: quality {score(recommended)}, cost "
+            f"{fmt.usd(recommended['cost_usd'])}, adapter {mb(recommended['adapter_mb'])}, "
             f"{fmt.number(recommended['quality_per_dollar'])} quality per dollar ({reason}).{tie}{below}"
         )
     else:
         lines.append(f"No recommendation: {reason}.")
-    if next_step:
-        lines.append(f"Next: {next_step}")
+    if advice:
+        lines.append(f"Next: {advice}")
     return Decision(
         text=" ".join(lines), recommended=_summary(recommended), reason=reason,
         baseline_quality=baseline_quality, best_adapter=_summary(adapter_row), best_full=_summary(full_row),
@@ -155,7 +166,7 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
         min_quality=None if floor is None else float(floor), metric=metric,
         val_floor=None if val_floor is None else float(val_floor), full_vs_adapter_p_value=p_value,
         full_vs_adapter_test=test, adapter_configs_completed=configs, min_adapter_configs=min_adapter_configs,
-        escalation_conditions=conditions, escalation_blocked_by=blocked, next_step=next_step, lines=lines,
+        escalation_conditions=conditions, escalation_blocked_by=blocked, next_step=advice, lines=lines,
     )
 
 
@@ -174,43 +185,6 @@ def _key(value: object) -> object:
     if isinstance(value, str):
         return ",".join(sorted(m.strip() for m in value.split(","))) if "," in value else value.strip()
     return value
-
-
-def _conditions_line(conditions: dict[str, bool | None], gain: float, margin: float, test: str | None,
-                     p_value: float | None, result: paired.Paired | None, configs: int, needed: int) -> str:
-    mark = {True: "met", False: "not met", None: "unknown"}
-    margin_text = f"gain {fmt.signed(gain)} > margin {margin:.3g}: {mark[conditions['margin']]}"
-    if p_value is not None and result is not None:
-        sig_text = (f"paired {test} test on {result.n} test examples, p = {_p(p_value)} < 0.05: "
-                    f"{mark[conditions['significance']]}")
-    else:
-        sig_text = ("no per-example scores to pair, so non-overlapping 95% intervals stand in for a paired "
-                    f"test: {mark[conditions['significance']]}")
-    config_text = f"{configs} of at least {needed} adapter configurations completed: " \
-                  f"{mark[conditions['adapter_configs']]}"
-    if all(conditions.values()):
-        verdict = "all three conditions are met, so escalating to full fine-tuning is justified by the measurement"
-    else:
-        failed = [name for name in CONDITIONS if conditions.get(name) is False]
-        verdict = f"escalation is blocked by {', '.join(failed)}, so the adapter run stays recommended"
-    return f"Escalation to full fine-tuning needs all of: {margin_text}; {sig_text}; {config_text}. So {verdict}."
-
-
-def _next_step(blocked: str | None, configs: int, needed: int, full: pd.Series | None,
-               adapter: pd.Series | None) -> str | None:
-    more = max(needed - configs, 0)
-    adapters_thin = more > 0 and (blocked == "adapter_configs" or (full is not None and adapter is None))
-    if adapters_thin:
-        plural = "s" if more != 1 else ""
-        return (f"run {more} more LoRA/QLoRA configuration{plural} before deciding on full fine-tuning: "
-                "`make resume` only finishes the trials a sweep already has, so start a new sweep with room for "
-                "more trials (`make sweep BUDGET=... NAME=<new name> TRIALS=<more>`, or a space with only lora/"
-                "qlora) on the same locked test set, then compare both with `sweepboard leaderboard <this sweep> "
-                "<new name>`.")
-    if blocked == "significance":
-        return ("the gain may be noise on this test set: keep the adapter run, or measure on a larger locked "
-                "test set (a new data.lock_dir with a larger test_size) before paying for full fine-tuning.")
-    return None
 
 
 def _recommend(
@@ -254,44 +228,6 @@ def _overlap(a: pd.Series, b: pd.Series) -> bool:
         return True  # no interval either: nothing shows a difference
     a_low, a_high, b_low, b_high = (float(v) for v in values)
     return a_low <= b_high and a_high >= b_low
-
-
-def _p(value: float) -> str:
-    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
-
-
-def _describe(row: pd.Series) -> str:
-    parts = [str(row["method"])]
-    if not fmt.is_missing(row["rank"]):
-        parts.append(f"r={fmt.integer(row['rank'])}")
-    if not fmt.is_missing(row["alpha"]):
-        parts.append(f"alpha={fmt.integer(row['alpha'])}")
-    if not fmt.is_missing(row["learning_rate"]):
-        parts.append(f"lr={fmt.rate(row['learning_rate'])}")
-    if not fmt.is_missing(row["target_modules"]):
-        parts.append(f"targets {row['target_modules']}")
-    return f"{row['run_name']} ({', '.join(parts)})"
-
-
-def _score(row: pd.Series) -> str:
-    """The reported test score with its interval, and the validation score that chose the run."""
-    return f"test {fmt.quality(row['test_quality'])} " \
-           f"{fmt.interval(row['test_quality_ci_low'], row['test_quality_ci_high'])} " \
-           f"(val {fmt.quality(row['val_quality'])})"
-
-
-def _mb(value: object) -> str:
-    return "n/a" if fmt.is_missing(value) else f"{fmt.number(value, 1)} MB"
-
-
-def _ratio(numerator: object, denominator: object) -> float | None:
-    if fmt.is_missing(numerator) or fmt.is_missing(denominator) or float(denominator) <= 0:  # type: ignore[arg-type]
-        return None
-    return float(numerator) / float(denominator)  # type: ignore[arg-type]
-
-
-def _times(multiple: float | None) -> str:
-    return "an unknown multiple of" if multiple is None else f"{multiple:.1f}x"
 
 
 def _summary(row: pd.Series | None) -> dict[str, Any] | None:

@@ -35,8 +35,8 @@ RAW_COLUMNS = (
     "sweep", "run_id", "run_name", "role", "trial_id", "method", "status", "rank", "alpha", "target_modules",
     "lora_dropout", "learning_rate", "steps", "batch_size", "model", "precision", "metric", "test_quality",
     "val_quality", "n_test", "cost_usd", "device_hours", "peak_memory_mb", "adapter_mb", "trainable_params",
-    "tokens_per_second", "truncated_train", "truncated_val", "truncated_test", "git_commit", "test_set_sha256",
-    "error", "start_time", "scores",
+    "tokens_per_second", "truncated_train", "truncated_val", "truncated_test", "git_commit",
+    "test_set_sha256", "error", "start_time", "scores",
 )
 # Examples cut to max_seq_len, per split (metrics written by the trial; older runs have none).
 TRUNCATION_METRICS = ("truncated_train", "truncated_val", "truncated_test")

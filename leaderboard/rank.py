@@ -90,7 +90,8 @@ def rank_runs(
     ranked.attrs.update({
         "sweeps": list(df.attrs.get("sweeps", [])), "min_quality": floor, "margin": margin,
         "best_quality": best, "floor_is_default": min_quality is None, "val_floor": val_floor,
-        "selected_on": choose.SELECTED_ON, "best_run_id": None if best_row is None else str(best_row["run_id"]),
+        "selected_on": choose.SELECTED_ON,
+        "best_run_id": None if best_row is None else str(best_row["run_id"]),
         "scores": scores, "warnings": warnings,
     })
     return ranked

@@ -14,8 +14,8 @@ from leaderboard.view import HEADERS, caption, display_rows, records, row_class,
 
 # The three yes/no columns become one "flags" column of letters in the terminal.
 FLAGS = (("Pareto", "P"), ("best (val)", "B"), ("tied w/ best", "T"), ("below floor", "<"))
-DROP_ORDER = ("commit", "peak MB", "device h", "run id", "p vs best", "adapter MB", "targets", "lift", "alpha",
-              "95% CI", "lr", "status")
+DROP_ORDER = ("commit", "peak MB", "device h", "run id", "p vs best", "adapter MB", "targets", "lift",
+              "alpha", "95% CI", "lr", "status")
 # Short headers where the terminal is tight; the caption says test quality is shown and validation chose.
 SHORT = {"test quality": "test", "val quality": "val"}
 STYLES = {"failed": "red", "pareto": "bold", "below": "dim", "recommended": "reverse"}
