@@ -151,7 +151,7 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
             if bool(recommended["tied_with_best"]) and not bool(recommended["best"]) else ""
         below = " Its test score is below the quality floor." if bool(recommended["below_floor"]) else ""
         lines.append(
-            f"Recommended: {describe(recommended)}: quality {score(recommended)}, cost "
+            f"Recommended: {describe(recommended)}: {score(recommended)}, cost "
             f"{fmt.usd(recommended['cost_usd'])}, adapter {mb(recommended['adapter_mb'])}, "
             f"{fmt.number(recommended['quality_per_dollar'])} quality per dollar ({reason}).{tie}{below}"
         )

@@ -14,7 +14,7 @@ def conditions_line(conditions: dict[str, bool | None], gain: float, margin: flo
     mark = {True: "met", False: "not met", None: "unknown"}
     margin_text = f"gain {fmt.signed(gain)} > margin {margin:.3g}: {mark[conditions['margin']]}"
     if p_value is not None and result is not None:
-        sig_text = (f"paired {test} test on {result.n} test examples, p = {_p(p_value)} < 0.05: "
+        sig_text = (f"paired {test} test on {result.n} test examples, p = {_p(p_value)} (needs < 0.05): "
                     f"{mark[conditions['significance']]}")
     else:
         sig_text = ("no per-example scores to pair, so non-overlapping 95% intervals stand in for a paired "
@@ -22,11 +22,11 @@ def conditions_line(conditions: dict[str, bool | None], gain: float, margin: flo
     config_text = f"{configs} of at least {needed} adapter configurations completed: " \
                   f"{mark[conditions['adapter_configs']]}"
     if all(conditions.values()):
-        verdict = "all three conditions are met, so escalating to full fine-tuning is justified by the measurement"
+        verdict = "All three are met: escalating to full fine-tuning is justified by the measurement"
     else:
         failed = [name for name in CONDITIONS if conditions.get(name) is False]
-        verdict = f"escalation is blocked by {', '.join(failed)}, so the adapter run stays recommended"
-    return f"Escalation to full fine-tuning needs all of: {margin_text}; {sig_text}; {config_text}. So {verdict}."
+        verdict = f"Escalation is blocked by {', '.join(failed)}: the adapter run stays recommended"
+    return f"Escalation to full fine-tuning needs all of: {margin_text}; {sig_text}; {config_text}. {verdict}."
 
 
 def next_step(blocked: str | None, configs: int, needed: int, full: pd.Series | None,

@@ -53,7 +53,7 @@ def test_full_within_margin_keeps_the_cheapest_good_adapter(frame, make_row, swe
     assert "Best LoRA/QLoRA run (of 2 completed configuration(s)): lora_a" in text
     assert "+0.015 test exact_match over the best adapter run at 4.0x its cost" in text
     assert "gain +0.015 > margin 0.02: not met" in text
-    assert "escalation is blocked by margin" in text
+    assert "Escalation is blocked by margin, significance, adapter_configs: the adapter run stays" in text
     assert "Recommended: lora_b (lora, r=32, alpha=64, lr=2e-4" in text
     assert "test 0.780" in text and "(val 0.780)" in text and "cost $0.50" in text and "adapter 12.2 MB" in text
 
@@ -74,7 +74,7 @@ def test_all_three_conditions_met_escalates(frame, make_row) -> None:
     assert decision.full_vs_adapter_p_value == pytest.approx(2 * 0.5**40)
     # The recommendation is the full run the paired test was run on, chosen on validation.
     assert decision.recommended is not None and decision.recommended["run_name"] == "full_big"
-    assert "all three conditions are met, so escalating to full fine-tuning is justified" in decision.text
+    assert "All three are met: escalating to full fine-tuning is justified" in decision.text
     assert decision.next_step is None
 
 
@@ -97,7 +97,7 @@ def test_a_gain_beyond_the_margin_that_is_not_significant_is_blocked(frame, make
     assert decision.escalation_blocked_by == "significance"
     assert decision.escalation_conditions == {"margin": True, "significance": False, "adapter_configs": True}
     assert decision.recommended is not None and decision.recommended["method"] in ("lora", "qlora")
-    assert "paired mcnemar-exact test on 100 test examples, p = 0.267 < 0.05: not met" in decision.text
+    assert "paired mcnemar-exact test on 100 test examples, p = 0.267 (needs < 0.05): not met" in decision.text
     assert decision.next_step is not None and "larger locked test set" in decision.next_step
 
 
@@ -127,7 +127,7 @@ def test_the_first_failed_condition_is_named_and_all_are_listed(frame, make_row)
     decision = decide(rank_runs(frame(*rows)))
     assert decision.escalation_blocked_by == "margin"
     assert decision.escalation_conditions["adapter_configs"] is False
-    assert "escalation is blocked by margin, significance, adapter_configs" in decision.text
+    assert "Escalation is blocked by margin, significance, adapter_configs" in decision.text
 
 
 def test_chosen_on_validation_not_on_test(frame, make_row) -> None:
