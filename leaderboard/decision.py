@@ -1,4 +1,4 @@
-"""The method decision, after the practice in DESIGN.md.
+"""The method decision, after the fine-tuning practice the product encodes.
 
 Baseline the base model first; then LoRA/QLoRA; escalate to full fine-tuning only when the measurement shows
 it is worth it. Every run compared here is chosen on validation (the split the search used): the best
