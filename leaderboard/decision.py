@@ -207,14 +207,17 @@ def _recommend(
     family = ADAPTER_METHODS if adapter is not None else ("full",)
     rows = choose.eligible(ranked[ranked["method"].isin(family)])
     above = rows if val_floor is None else rows[rows["val_quality"] >= val_floor - _EPS]
-    above = above[above["cost_usd"] > 0]
-    if not above.empty:
-        per_dollar = above["val_quality"] / above["cost_usd"]
-        order = above.assign(_qpd=per_dollar).sort_values(
+    priced = above[above["cost_usd"] > 0]
+    if not priced.empty:
+        per_dollar = priced["val_quality"] / priced["cost_usd"]
+        order = priced.assign(_qpd=per_dollar).sort_values(
             ["_qpd", "val_quality", "run_id"], ascending=[False, False, True], kind="stable")
         return order.drop(columns="_qpd").iloc[0], ("most validation quality per dollar at or above the "
                                                     "validation floor")
-    return choose.best_by_validation(rows), "highest validation quality; no run of it has a cost to divide by"
+    if above.empty:
+        return choose.best_by_validation(rows), ("highest validation quality, though no run of this method "
+                                                 "reaches the validation floor")
+    return choose.best_by_validation(above), "highest validation quality; no run of it has a cost to divide by"
 
 
 def _is_base(rows: pd.DataFrame) -> pd.Series:

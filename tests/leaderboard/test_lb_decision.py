@@ -154,11 +154,22 @@ def test_chosen_on_validation_not_on_test(frame, make_row) -> None:
     assert decision.best_full is not None and decision.best_full["run_name"] == "full_val"
     assert decision.full_gain == pytest.approx(0.79 - 0.78)  # the test scores of the validation choices
     assert decision.escalate_to_full is False and decision.escalation_blocked_by == "margin"
-    # The validation floor is 0.9 x 0.90 = 0.81: no adapter reaches it, so the best adapter by validation.
+    # The validation floor is 0.9 x 0.90 = 0.81: of the adapters only lora_val (0.85) reaches it.
     assert decision.val_floor == pytest.approx(0.81)
     assert decision.recommended is not None and decision.recommended["run_name"] == "lora_val"
+    assert decision.reason == "most validation quality per dollar at or above the validation floor"
     # Chosen on test instead, full_test would have won the board and escalation: that is what must not happen.
     assert ranked.sort_values("test_quality").iloc[-1]["run_name"] == "full_test"
+
+
+def test_below_the_validation_floor_the_best_adapter_by_validation_is_recommended(frame, make_row) -> None:
+    rows = [make_row("lora_a", "lora", 0.70, 1.0, val_quality=0.70),
+            make_row("lora_b", "lora", 0.72, 0.2, val_quality=0.65, rank=8),
+            make_row("full", "full", 0.74, 4.0, val_quality=0.95)]  # sets the floor: 0.9 x 0.95 = 0.855
+    decision = decide(rank_runs(frame(*rows)))
+    assert decision.escalate_to_full is False  # margin met, but not significant and 2 configurations
+    assert decision.recommended is not None and decision.recommended["run_name"] == "lora_a"
+    assert decision.reason == "highest validation quality, though no run of this method reaches the validation floor"
 
 
 def test_a_run_without_validation_quality_is_shown_but_not_chosen(frame, make_row) -> None:
