@@ -92,7 +92,7 @@ def test_ties_follow_interval_overlap(frame, make_row) -> None:
     assert not rows["far"]["tied_with_best"]
     # No per-example scores: the fallback is said per row (and in the warnings).
     assert rows["close"]["tie_test"] == rows["far"]["tie_test"] == "interval-overlap"
-    assert rows["close"]["p_vs_best"] is None
+    assert pd.isna(rows["close"]["p_vs_best"])
     assert any("could not be paired example by example" in w for w in rank_runs(df).attrs["warnings"])
 
 
@@ -212,3 +212,23 @@ def test_empty_and_all_failed_boards(frame, make_row) -> None:
 def test_floor_outside_zero_one_is_refused(board, bad) -> None:
     with pytest.raises(ValueError, match="min_quality"):
         rank_runs(board, min_quality=bad)
+
+
+def test_runs_are_paired_only_on_the_same_test_set_length_and_metric(frame, make_row) -> None:
+    n = 100
+    best = [1.0] * 90 + [0.0] * 10
+    worse = [0.0] * 20 + [1.0] * 70 + [0.0] * 10  # 20 lost, none gained: p = 2 x 0.5^20 when paired
+    df = frame(
+        make_row("best", quality=0.90, val_quality=0.9, n_test=n, scores=best),
+        make_row("paired", quality=0.70, val_quality=0.7, n_test=n, scores=worse),
+        make_row("other_set", quality=0.70, val_quality=0.7, n_test=n, scores=worse, test_set_sha256="b" * 64),
+        make_row("no_hash", quality=0.70, val_quality=0.7, n_test=n, scores=worse, test_set_sha256=None),
+        make_row("shorter", quality=0.70, val_quality=0.7, n_test=n - 10, scores=worse[:-10]),
+        make_row("other_metric", quality=0.70, val_quality=0.7, n_test=n, scores=worse, metric="accuracy"),
+    )
+    rows = by_name(rank_runs(df))
+    assert rows["paired"]["tie_test"] == "mcnemar-exact"
+    assert rows["paired"]["p_vs_best"] == pytest.approx(2 * 0.5**20)
+    for name in ("other_set", "no_hash", "shorter", "other_metric"):
+        assert rows[name]["tie_test"] == "interval-overlap", name
+        assert pd.isna(rows[name]["p_vs_best"])
