@@ -25,7 +25,7 @@ def conditions_line(conditions: dict[str, bool | None], gain: float, margin: flo
         verdict = "All three are met: escalating to full fine-tuning is justified by the measurement"
     else:
         failed = [name for name in CONDITIONS if conditions.get(name) is False]
-        verdict = f"Escalation is blocked by {', '.join(failed)}: the adapter run stays recommended"
+        verdict = f"Escalation is blocked by {', '.join(failed)}: full fine-tuning is not recommended"
     return f"Escalation to full fine-tuning needs all of: {margin_text}; {sig_text}; {config_text}. {verdict}."
 
 

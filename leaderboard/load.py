@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +233,8 @@ def _attach_scores(client: MlflowClient, df: pd.DataFrame, warnings: list[str]) 
     missing: list[str] = []
     mismatched: list[str] = []
     for index in df.index[df["test_quality"].notna()]:
-        scores = _read_scores(client, str(df.at[index, "run_id"]))
+        with _quiet_downloads():
+            scores = _read_scores(client, str(df.at[index, "run_id"]))
         n_test = _int(df.at[index, "n_test"])
         if scores is not None and n_test is not None and len(scores) != n_test:
             # Not one line per locked test row: pairing it example by example would compare wrong rows.
@@ -271,6 +275,20 @@ def _truncation(df: pd.DataFrame) -> list[str]:
 
 def _names(items: list[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + (f", and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow progress bar per run (one file each, dozens of runs); a user's own setting is kept."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _read_scores(client: MlflowClient, run_id: str) -> list[float] | None:

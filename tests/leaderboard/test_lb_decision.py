@@ -53,7 +53,7 @@ def test_full_within_margin_keeps_the_cheapest_good_adapter(frame, make_row, swe
     assert "Best LoRA/QLoRA run (of 2 completed configuration(s)): lora_a" in text
     assert "+0.015 test exact_match over the best adapter run at 4.0x its cost" in text
     assert "gain +0.015 > margin 0.02: not met" in text
-    assert "Escalation is blocked by margin, significance, adapter_configs: the adapter run stays" in text
+    assert "Escalation is blocked by margin, significance, adapter_configs: full fine-tuning is not" in text
     assert "Recommended: lora_b (lora, r=32, alpha=64, lr=2e-4" in text
     assert "test 0.780" in text and "(val 0.780)" in text and "cost $0.50" in text and "adapter 12.2 MB" in text
 
