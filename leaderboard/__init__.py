@@ -1,4 +1,5 @@
-"""Leaderboard: runs read back from MLflow, ranked by test quality per dollar above a quality floor.
+"""Leaderboard: runs read back from MLflow, ranked by test quality per dollar above a quality floor; the best
+and recommended runs and the method decision chosen on validation, with paired tests on the test examples.
 
 Public API (plain functions): load_runs -> rank_runs -> decide -> export / export_all; `build` and
 `write_leaderboard` chain them; `add_cli` / `main` are the `sweepboard leaderboard` subcommand.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from leaderboard.decision import Decision, decide
+from leaderboard.decision import DEFAULT_MIN_ADAPTER_CONFIGS, Decision, decide
 from leaderboard.exports import FORMATS, export, export_all
 from leaderboard.load import load_runs
 from leaderboard.rank import DEFAULT_MARGIN, rank_runs
@@ -24,17 +24,23 @@ class Board:
 
 
 def build(names: Sequence[str], tracking_uri: str | None = None, min_quality: float | None = None,
-          margin: float = DEFAULT_MARGIN) -> Board:
-    """Load from MLflow, rank and decide: everything a caller needs to export."""
+          margin: float = DEFAULT_MARGIN, min_adapter_configs: int = DEFAULT_MIN_ADAPTER_CONFIGS) -> Board:
+    """Load from MLflow, rank and decide: everything a caller needs to export.
+
+    `min_adapter_configs`: completed LoRA/QLoRA configurations needed before full fine-tuning may be
+    recommended (a sweep passes its own).
+    """
     df, warnings = load_runs(list(names), tracking_uri)
     ranked = rank_runs(df, min_quality=min_quality, margin=margin)
-    return Board(ranked, decide(ranked, margin), warnings)
+    decision = decide(ranked, margin, min_adapter_configs)
+    return Board(ranked, decision, warnings + list(ranked.attrs.get("warnings", [])))
 
 
 def write_leaderboard(names: Sequence[str], out_dir: str | Path, tracking_uri: str | None = None,
-                      min_quality: float | None = None, margin: float = DEFAULT_MARGIN) -> list[Path]:
+                      min_quality: float | None = None, margin: float = DEFAULT_MARGIN,
+                      min_adapter_configs: int = DEFAULT_MIN_ADAPTER_CONFIGS) -> list[Path]:
     """For the end of a sweep: leaderboard.csv/.json/.md/.html in `out_dir`, to log to the parent run."""
-    board = build(names, tracking_uri, min_quality, margin)
+    board = build(names, tracking_uri, min_quality, margin, min_adapter_configs)
     return export_all(board.ranked, board.decision, out_dir, board.warnings)
 
 
@@ -43,7 +49,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "leaderboard", help="rank the runs of one or more sweeps by quality per dollar",
         description="Rank the runs of one or more sweeps (read from MLflow) by test quality per dollar "
-                    "among runs at or above a quality floor, mark the Pareto front, and state the decision.",
+                    "among runs at or above a quality floor, mark the Pareto front, choose the best and the "
+                    "recommended run on validation quality, and state the method decision (paired tests on "
+                    "the per-example test scores).",
     )
     configure(parser)
     return parser
@@ -62,6 +70,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--margin", type=_quality, default=DEFAULT_MARGIN,
                         help="how much full fine-tuning must beat the best LoRA/QLoRA run by to be "
                              "recommended, in quality units (default 0.02 = 2 points)")
+    parser.add_argument("--min-adapter-configs", type=_count, default=DEFAULT_MIN_ADAPTER_CONFIGS,
+                        metavar="N",
+                        help="completed LoRA/QLoRA configurations needed before full fine-tuning may be "
+                             f"recommended (default {DEFAULT_MIN_ADAPTER_CONFIGS})")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.set_defaults(func=run)
@@ -73,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        board = build(args.names, args.tracking_uri, args.min_quality, args.margin)
+        board = build(args.names, args.tracking_uri, args.min_quality, args.margin, args.min_adapter_configs)
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -105,4 +117,14 @@ def _quality(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a quality between 0 and 1 (0.02 = 2 points), got {value}"
         )
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of configurations, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more configurations, got {value}")
     return value

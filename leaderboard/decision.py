@@ -1,8 +1,18 @@
-"""The method decision, after the practice in DESIGN.md.
+"""The method decision, after the fine-tuning practice the product encodes.
 
 Baseline the base model first; then LoRA/QLoRA; escalate to full fine-tuning only when the measurement shows
-it beating the best adapter run by more than a stated margin. The recommendation is otherwise the adapter run
-with the most quality per dollar among those that reach the quality floor (the top adapter row of the board).
+it is worth it. Every run compared here is chosen on validation (the split the search used): the best
+adapter run and the best full run are the ones with the highest val_quality. Their locked test scores, the
+reported ones, are then compared, example by example (choose.py, paired.py). Escalating needs all of:
+
+1. margin: the full run's test quality beats the adapter run's by more than the margin;
+2. significance: a paired test on the per-example test scores finds that gain significant (p < 0.05);
+3. adapter_configs: the adapters were given a fair chance, with at least `min_adapter_configs` distinct
+   configurations (method, rank, alpha, targets, dropout, learning rate) that reached a test score.
+
+Otherwise the adapter run is recommended, and the decision says which condition failed and what to run next.
+The recommended run of a family is the one with the most validation quality per dollar among its runs at or
+above the validation floor (the quality floor applied to val_quality).
 """
 
 from __future__ import annotations
@@ -12,15 +22,28 @@ from typing import Any
 
 import pandas as pd
 
-from leaderboard import fmt
+from leaderboard import choose, fmt, paired
+from leaderboard.decision_text import (
+    CONDITIONS,
+    conditions_line,
+    describe,
+    mb,
+    next_step,
+    ratio,
+    score,
+    times,
+)
 from leaderboard.rank import DEFAULT_FLOOR_FRACTION, DEFAULT_MARGIN
 
 ADAPTER_METHODS = ("lora", "qlora")
+DEFAULT_MIN_ADAPTER_CONFIGS = 3
+# What makes two adapter runs the same configuration (the searched settings).
+CONFIG_COLUMNS = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
 _EPS = 1e-9  # 0.83 - 0.81 is 0.0200000000000000018 in floats: exactly the margin must not count as beating it
 SUMMARY_FIELDS = (
     "position", "run_id", "run_name", "sweep", "method", "rank", "alpha", "target_modules", "learning_rate",
-    "test_quality", "test_quality_ci_low", "test_quality_ci_high", "cost_usd", "quality_per_dollar",
-    "adapter_mb", "tied_with_best", "below_floor", "status",
+    "val_quality", "test_quality", "test_quality_ci_low", "test_quality_ci_high", "cost_usd",
+    "quality_per_dollar", "adapter_mb", "best", "tied_with_best", "p_vs_best", "below_floor", "status",
 )
 
 
@@ -32,147 +55,182 @@ class Decision:
     baseline_quality: float | None
     best_adapter: dict[str, Any] | None
     best_full: dict[str, Any] | None
-    full_gain: float | None  # best full quality - best adapter quality
+    full_gain: float | None  # test quality of the best full run - that of the best adapter run (both by val)
     full_cost_multiple: float | None  # cost of that full run / cost of that adapter run
     escalate_to_full: bool | None  # None when there was nothing to compare
     margin: float
     min_quality: float | None
     metric: str | None
+    selected_on: str = choose.SELECTED_ON
+    val_floor: float | None = None
+    full_vs_adapter_p_value: float | None = None
+    full_vs_adapter_test: str | None = None  # mcnemar-exact | paired-bootstrap | interval-overlap | None
+    adapter_configs_completed: int = 0
+    min_adapter_configs: int = DEFAULT_MIN_ADAPTER_CONFIGS
+    escalation_conditions: dict[str, bool | None] = field(default_factory=dict)
+    escalation_blocked_by: str | None = None  # the first failed condition of CONDITIONS, or None
+    next_step: str | None = None
     lines: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def decide(ranked: pd.DataFrame, margin: float | None = None) -> Decision:
-    """The decision for a board from rank_runs (its floor and margin come from `ranked.attrs`)."""
+def decide(ranked: pd.DataFrame, margin: float | None = None,
+           min_adapter_configs: int = DEFAULT_MIN_ADAPTER_CONFIGS) -> Decision:
+    """The decision for a board from rank_runs (its floors, margin and per-example scores come from
+    `ranked.attrs`)."""
+    if min_adapter_configs < 0:
+        raise ValueError(f"min_adapter_configs must be >= 0 completed adapter configurations, got "
+                         f"{min_adapter_configs}")
     margin = ranked.attrs.get("margin", DEFAULT_MARGIN) if margin is None else margin
+    scores = ranked.attrs.get("scores") or {}
     measured = ranked[ranked["test_quality"].notna()]
     floor = ranked.attrs.get("min_quality")
     if floor is None and not measured.empty:
         floor = DEFAULT_FLOOR_FRACTION * float(measured["test_quality"].max())
+    val_floor = ranked.attrs.get("val_floor")
     metrics = measured["metric"].dropna().unique()
     metric = str(metrics[0]) if len(metrics) == 1 else None
     unit = metric or "quality"
 
-    base = measured[(measured["role"] == "baseline") | (measured["method"] == "none")]
-    base_row = _best(base)
-    adapter_row = _best(measured[measured["method"].isin(ADAPTER_METHODS)])
-    full_row = _best(measured[measured["method"] == "full"])
+    base_row = choose.best_by_validation(measured[_is_base(measured)])
+    adapter_row = choose.best_by_validation(measured[measured["method"].isin(ADAPTER_METHODS)])
+    full_row = choose.best_by_validation(measured[measured["method"] == "full"])
     baseline_quality = None if base_row is None else float(base_row["test_quality"])
+    configs = adapter_configs(measured)
 
-    lines = []
+    lines = [f"Chosen on validation ({choose.SELECTION_COLUMN}, the split the search used): the best baseline, "
+             "adapter and full runs below have the highest validation quality of their kind, the recommended "
+             "run the most validation quality per dollar; every score shown and compared is on the locked "
+             "test set."]
     if base_row is not None:
         lines.append(f"Baseline (base model, no fine-tuning): {fmt.quality(baseline_quality)} {unit} "
                      f"{fmt.interval(base_row['test_quality_ci_low'], base_row['test_quality_ci_high'])}.")
     else:
         lines.append("No baseline run: the lift over the base model is unknown (baseline it first).")
     if adapter_row is not None:
-        lines.append(f"Best LoRA/QLoRA run: {_describe(adapter_row)}: {_score(adapter_row)} for "
-                     f"{fmt.usd(adapter_row['cost_usd'])}.")
+        lines.append(f"Best LoRA/QLoRA run (of {configs} completed configuration(s)): {describe(adapter_row)}: "
+                     f"{score(adapter_row)} for {fmt.usd(adapter_row['cost_usd'])}.")
     else:
-        lines.append("No LoRA/QLoRA run has a test quality.")
+        lines.append("No LoRA/QLoRA run has both a validation and a test quality.")
 
     gain = multiple = escalate = None
+    test = p_value = None
+    conditions: dict[str, bool | None] = {}
     if full_row is not None and adapter_row is not None:
         gain = float(full_row["test_quality"]) - float(adapter_row["test_quality"])
-        multiple = _ratio(full_row["cost_usd"], adapter_row["cost_usd"])
-        escalate = gain > margin + _EPS
-        verdict = (f"more than the {margin:.3g} margin, so escalating to full fine-tuning is justified by "
-                   "the measurement" if escalate else
-                   f"within the {margin:.3g} margin, so full fine-tuning is not worth it here")
-        lines.append(f"Full fine-tuning: best run {_describe(full_row)} at {_score(full_row)} for "
-                     f"{fmt.usd(full_row['cost_usd'])}, {fmt.signed(gain)} over the best adapter run at "
-                     f"{_times(multiple)} its cost: {verdict}.")
+        multiple = ratio(full_row["cost_usd"], adapter_row["cost_usd"])
+        result = choose.pair(full_row, adapter_row, scores)
+        if result is not None:
+            test, p_value = result.test, result.p_value
+            significant = p_value < paired.ALPHA and gain > 0
+        else:  # no per-example scores to pair: non-overlapping 95% intervals stand in (said in the warnings)
+            test = "interval-overlap"
+            significant = gain > 0 and not _overlap(full_row, adapter_row)
+        conditions = {"margin": gain > margin + _EPS, "significance": significant,
+                      "adapter_configs": configs >= min_adapter_configs}
+        escalate = all(conditions.values())
+        lines.append(f"Full fine-tuning: best run {describe(full_row)} at {score(full_row)} for "
+                     f"{fmt.usd(full_row['cost_usd'])}, {fmt.signed(gain)} test {unit} over the best adapter run "
+                     f"at {times(multiple)} its cost.")
+        lines.append(conditions_line(conditions, gain, margin, test, p_value, result, configs,
+                                      min_adapter_configs))
     elif full_row is not None:
-        lines.append(f"Full fine-tuning: best run {_describe(full_row)} at {_score(full_row)}; "
+        lines.append(f"Full fine-tuning: best run {describe(full_row)} at {score(full_row)}; "
                      "no adapter run to compare it with.")
     else:
         lines.append("No full fine-tuning run: escalation was not measured "
                      "(nor needed unless LoRA falls short).")
+    blocked = next((name for name in CONDITIONS if conditions.get(name) is False), None)
+    advice = next_step(blocked, configs, min_adapter_configs, full_row, adapter_row)
 
-    recommended, reason = _recommend(ranked, base_row, adapter_row, full_row, escalate, margin)
+    recommended, reason = _recommend(ranked, base_row, adapter_row, full_row, escalate, margin, val_floor)
     if recommended is not None:
-        tie = " It is statistically tied with the best run." if bool(recommended["tied_with_best"]) else ""
-        below = " It is below the quality floor." if bool(recommended["below_floor"]) else ""
+        tie = " It is statistically tied with the best run." \
+            if bool(recommended["tied_with_best"]) and not bool(recommended["best"]) else ""
+        below = " Its test score is below the quality floor." if bool(recommended["below_floor"]) else ""
         lines.append(
-            f"Recommended: {_describe(recommended)}: quality {_score(recommended)}, cost "
-            f"{fmt.usd(recommended['cost_usd'])}, adapter {_mb(recommended['adapter_mb'])}, "
+            f"Recommended: {describe(recommended)}: {score(recommended)}, cost "
+            f"{fmt.usd(recommended['cost_usd'])}, adapter {mb(recommended['adapter_mb'])}, "
             f"{fmt.number(recommended['quality_per_dollar'])} quality per dollar ({reason}).{tie}{below}"
         )
     else:
         lines.append(f"No recommendation: {reason}.")
+    if advice:
+        lines.append(f"Next: {advice}")
     return Decision(
         text=" ".join(lines), recommended=_summary(recommended), reason=reason,
         baseline_quality=baseline_quality, best_adapter=_summary(adapter_row), best_full=_summary(full_row),
         full_gain=gain, full_cost_multiple=multiple, escalate_to_full=escalate, margin=float(margin),
-        min_quality=None if floor is None else float(floor), metric=metric, lines=lines,
+        min_quality=None if floor is None else float(floor), metric=metric,
+        val_floor=None if val_floor is None else float(val_floor), full_vs_adapter_p_value=p_value,
+        full_vs_adapter_test=test, adapter_configs_completed=configs, min_adapter_configs=min_adapter_configs,
+        escalation_conditions=conditions, escalation_blocked_by=blocked, next_step=advice, lines=lines,
     )
+
+
+def adapter_configs(rows: pd.DataFrame) -> int:
+    """Distinct LoRA/QLoRA configurations that reached a test score (two runs of one config count once)."""
+    adapters = rows[rows["method"].isin(ADAPTER_METHODS) & rows["test_quality"].notna()]
+    if adapters.empty:
+        return 0
+    keys = adapters[list(CONFIG_COLUMNS)].astype(object).where(adapters[list(CONFIG_COLUMNS)].notna(), None)
+    return len({tuple(_key(v) for v in row) for row in keys.itertuples(index=False)})
+
+
+def _key(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 12)  # 2e-4 read back from a string param must equal 2e-4
+    if isinstance(value, str):
+        return ",".join(sorted(m.strip() for m in value.split(","))) if "," in value else value.strip()
+    return value
 
 
 def _recommend(
     ranked: pd.DataFrame, base: pd.Series | None, adapter: pd.Series | None, full: pd.Series | None,
-    escalate: bool | None, margin: float,
+    escalate: bool | None, margin: float, val_floor: float | None,
 ) -> tuple[pd.Series | None, str]:
     tuned = [r for r in (adapter, full) if r is not None]
     if not tuned:
         if base is not None:
-            return base, "no fine-tuned run has a test quality yet"
-        return None, "no run has a test quality (all failed or are still running)"
-    best_tuned = max(float(r["test_quality"]) for r in tuned)
-    if base is not None and best_tuned - float(base["test_quality"]) <= margin + _EPS:
-        return base, f"no fine-tuned run beats the base model by more than the {margin:.3g} margin"
-    on_board = ranked[ranked["test_quality"].notna()]
-    if escalate and adapter is not None:
-        bar = float(adapter["test_quality"]) + margin + _EPS
-        full_rows = on_board[(on_board["method"] == "full") & (on_board["test_quality"] > bar)]
-        return full_rows.iloc[0], ("the full fine-tuning run with the most quality per dollar that beats "
-                                   "the best adapter run by more than the margin")
+            return base, "no fine-tuned run has a validation and a test quality yet"
+        return None, ("no run has both a validation and a test quality to choose by (all failed, are still "
+                      "running, or logged no val_quality)")
+    best_tuned = max(tuned, key=lambda r: float(r["val_quality"]))
+    if base is not None and float(best_tuned["test_quality"]) - float(base["test_quality"]) <= margin + _EPS:
+        return base, (f"the best fine-tuned run by validation does not beat the base model's test score by "
+                      f"more than the {margin:.3g} margin")
+    if escalate and full is not None:
+        return full, ("the best full fine-tuning run by validation, which beats the best adapter run "
+                      "significantly and by more than the margin")
     family = ADAPTER_METHODS if adapter is not None else ("full",)
-    rows = on_board[on_board["method"].isin(family)]
-    above = rows[~rows["below_floor"].astype(bool)]
-    if not above.empty:
-        return above.iloc[0], "most quality per dollar at or above the quality floor"
-    return _best(rows), "highest quality, though no run of this method reaches the quality floor"
+    rows = choose.eligible(ranked[ranked["method"].isin(family)])
+    above = rows if val_floor is None else rows[rows["val_quality"] >= val_floor - _EPS]
+    priced = above[above["cost_usd"] > 0]
+    if not priced.empty:
+        per_dollar = priced["val_quality"] / priced["cost_usd"]
+        order = priced.assign(_qpd=per_dollar).sort_values(
+            ["_qpd", "val_quality", "run_id"], ascending=[False, False, True], kind="stable")
+        return order.drop(columns="_qpd").iloc[0], ("most validation quality per dollar at or above the "
+                                                    "validation floor")
+    if above.empty:
+        return choose.best_by_validation(rows), ("highest validation quality, though no run of this method "
+                                                 "reaches the validation floor")
+    return choose.best_by_validation(above), "highest validation quality; no run of it has a cost to divide by"
 
 
-def _best(rows: pd.DataFrame) -> pd.Series | None:
-    """Highest quality; the cheaper run on equal quality."""
-    if rows.empty:
-        return None
-    return rows.sort_values(["test_quality", "cost_usd"], ascending=[False, True], kind="stable").iloc[0]
+def _is_base(rows: pd.DataFrame) -> pd.Series:
+    return (rows["role"] == "baseline") | (rows["method"] == "none")
 
 
-def _describe(row: pd.Series) -> str:
-    parts = [str(row["method"])]
-    if not fmt.is_missing(row["rank"]):
-        parts.append(f"r={fmt.integer(row['rank'])}")
-    if not fmt.is_missing(row["alpha"]):
-        parts.append(f"alpha={fmt.integer(row['alpha'])}")
-    if not fmt.is_missing(row["learning_rate"]):
-        parts.append(f"lr={fmt.rate(row['learning_rate'])}")
-    if not fmt.is_missing(row["target_modules"]):
-        parts.append(f"targets {row['target_modules']}")
-    return f"{row['run_name']} ({', '.join(parts)})"
-
-
-def _score(row: pd.Series) -> str:
-    return f"{fmt.quality(row['test_quality'])} " \
-           f"{fmt.interval(row['test_quality_ci_low'], row['test_quality_ci_high'])}"
-
-
-def _mb(value: object) -> str:
-    return "n/a" if fmt.is_missing(value) else f"{fmt.number(value, 1)} MB"
-
-
-def _ratio(numerator: object, denominator: object) -> float | None:
-    if fmt.is_missing(numerator) or fmt.is_missing(denominator) or float(denominator) <= 0:  # type: ignore[arg-type]
-        return None
-    return float(numerator) / float(denominator)  # type: ignore[arg-type]
-
-
-def _times(multiple: float | None) -> str:
-    return "an unknown multiple of" if multiple is None else f"{multiple:.1f}x"
+def _overlap(a: pd.Series, b: pd.Series) -> bool:
+    values = [a["test_quality_ci_low"], a["test_quality_ci_high"], b["test_quality_ci_low"],
+              b["test_quality_ci_high"]]
+    if any(fmt.is_missing(v) for v in values):
+        return True  # no interval either: nothing shows a difference
+    a_low, a_high, b_low, b_high = (float(v) for v in values)
+    return a_low <= b_high and a_high >= b_low
 
 
 def _summary(row: pd.Series | None) -> dict[str, Any] | None:

@@ -68,3 +68,10 @@ def modules(value: object) -> str:
 
 def flag(value: object) -> str:
     return "yes" if not is_missing(value) and bool(value) else ""
+
+
+def p_value(value: object) -> str:
+    if is_missing(value):
+        return "-"
+    x = float(value)  # type: ignore[arg-type]
+    return f"{x:.1e}" if x < 0.001 else f"{x:.3f}"

@@ -30,6 +30,7 @@ tr.pareto td { font-weight: 600; }
 tr.below td { color: #8b949e; }
 tr.failed td { color: #b31d28; background: #ffeef0; }
 tr.tied td:first-child { border-left: 4px solid #2ea44f; }
+tr.best td:first-child { border-left: 4px solid #0366d6; }
 tr.recommended td, .recommended-key { background: #fff5b1; }
 div.scroll { overflow-x: auto; }
 td:nth-child(2) { white-space: normal; min-width: 9em; max-width: 18em; word-break: break-all; }
@@ -73,7 +74,8 @@ def render_html(*, title: str, caption: str, headers: list[str], rows: list[list
         '<p class="legend"><span><strong>bold</strong>: Pareto-optimal</span>'
         '<span style="color:#8b949e">grey: below the quality floor</span>'
         '<span style="color:#b31d28">red: failed</span>'
-        "<span>green edge: statistically tied with the best</span>"
+        '<span>blue edge: the best run, chosen on validation quality</span>'
+        "<span>green edge: statistically tied with the best (paired test on the test examples)</span>"
         '<span class="recommended-key">yellow: recommended</span>'
         "<span>targets: module names without _proj</span></p>",
         '<div class="scroll"><table><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in headers)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,6 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from leaderboard.stats import PROPORTION_METRICS
 from tracking.names import (
     ARTIFACT_PREDICTIONS,
     TAG_ERROR,
@@ -36,19 +38,24 @@ RAW_COLUMNS = (
     "sweep", "run_id", "run_name", "role", "trial_id", "method", "status", "rank", "alpha", "target_modules",
     "lora_dropout", "learning_rate", "steps", "batch_size", "model", "precision", "metric", "test_quality",
     "val_quality", "n_test", "cost_usd", "device_hours", "peak_memory_mb", "adapter_mb", "trainable_params",
-    "tokens_per_second", "git_commit", "test_set_sha256", "error", "start_time", "scores",
+    "tokens_per_second", "truncated_train", "truncated_val", "truncated_test", "git_commit",
+    "test_set_sha256", "error", "start_time", "scores",
 )
+# Examples cut to max_seq_len, per split (metrics written by the trial; older runs have none).
+TRUNCATION_METRICS = ("truncated_train", "truncated_val", "truncated_test")
 
 FLOAT_COLUMNS = ("test_quality", "val_quality", "cost_usd", "device_hours", "learning_rate", "lora_dropout",
                  "peak_memory_mb", "adapter_mb", "tokens_per_second")
-INT_COLUMNS = ("rank", "alpha", "n_test", "steps", "batch_size", "trainable_params")
+INT_COLUMNS = ("rank", "alpha", "n_test", "steps", "batch_size", "trainable_params", *TRUNCATION_METRICS)
 
 
 def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """One row per trial or baseline run of the named sweeps, restricted to one locked test set.
 
-    The reference test set is the one the first sweep's parent run is tagged with, or else the most common
-    among runs that have a test quality. Returns the rows and human-readable warnings about what was left out.
+    The reference test set is the one the first sweep's parent run (that has one) is tagged with, or else the
+    most common among runs that have a test quality. Each scored run's per-example test scores (its
+    test_predictions.jsonl, one line per locked test row) come along in "scores", for the paired tests.
+    Returns the rows and human-readable warnings about what was left out or is doubtful.
     Raises LookupError when a sweep has no experiment.
     """
     if not names:
@@ -98,6 +105,7 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
         warnings.append(f"runs are scored with different metrics ({', '.join(metrics)}): their qualities "
                         "are not directly comparable")
     _attach_scores(client, df, warnings)
+    warnings += _truncation(df)
     df = normalise_dtypes(df.reset_index(drop=True))
     df.attrs["sweeps"] = list(names)
     return df, warnings
@@ -155,6 +163,7 @@ def _row(sweep: str, run: Run) -> dict[str, Any]:
         "adapter_mb": metrics.get("adapter_mb"),
         "trainable_params": _int(metrics.get("trainable_params")),
         "tokens_per_second": metrics.get("tokens_per_second"),
+        **{name: metrics.get(name) for name in TRUNCATION_METRICS},
         "git_commit": tags.get(TAG_GIT_COMMIT) or None,
         "test_set_sha256": tags.get(TAG_TEST_SHA) or None,
         "error": tags.get(TAG_ERROR) or None,
@@ -220,19 +229,66 @@ def _duplicate_trials(df: pd.DataFrame) -> list[str]:
 
 
 def _attach_scores(client: MlflowClient, df: pd.DataFrame, warnings: list[str]) -> None:
-    """Per-example test scores for non-proportion metrics (token F1), needed for a bootstrap interval."""
-    wanted = df["test_quality"].notna() & ~df["metric"].isin(PROPORTION_METRICS)
-    missing = 0
-    for index in df.index[wanted]:
-        scores = _read_scores(client, str(df.at[index, "run_id"]))
-        if scores is None:
-            missing += 1
+    """Per-example test scores of every scored run: the paired tests (and token F1's bootstrap) need them."""
+    missing: list[str] = []
+    mismatched: list[str] = []
+    for index in df.index[df["test_quality"].notna()]:
+        with _quiet_downloads():
+            scores = _read_scores(client, str(df.at[index, "run_id"]))
+        n_test = _int(df.at[index, "n_test"])
+        if scores is not None and n_test is not None and len(scores) != n_test:
+            # Not one line per locked test row: pairing it example by example would compare wrong rows.
+            mismatched.append(f"{df.at[index, 'run_name']} ({len(scores)} lines, n_test {n_test})")
+            scores = None
+        elif scores is None:
+            missing.append(str(df.at[index, "run_name"]))
         df.at[index, "scores"] = scores
     if missing:
         warnings.append(
-            f"{missing} run(s) have no readable {ARTIFACT_PREDICTIONS}: their interval is a normal "
-            "approximation (ci_method 'normal-approx'), not a bootstrap"
+            f"{len(missing)} run(s) have no readable {ARTIFACT_PREDICTIONS} ({_names(missing)}): paired tests "
+            "with them fall back to 95% interval overlap, and a token F1 interval to a normal approximation "
+            "(ci_method 'normal-approx') instead of a bootstrap"
         )
+    if mismatched:
+        warnings.append(
+            f"{len(mismatched)} run(s) have a {ARTIFACT_PREDICTIONS} that is not one line per locked test row "
+            f"({_names(mismatched)}): their per-example scores are not used (interval overlap instead of a "
+            "paired test)"
+        )
+
+
+def _truncation(df: pd.DataFrame) -> list[str]:
+    """One warning naming every run whose examples were cut to max_seq_len, with the counts per split."""
+    cut = []
+    for row in df.itertuples(index=False):
+        counts = [(name.removeprefix("truncated_"), _int(getattr(row, name))) for name in TRUNCATION_METRICS]
+        shown = [f"{split} {n}" for split, n in counts if n]
+        if shown:
+            cut.append(f"{row.run_name} ({', '.join(shown)})")
+    if not cut:
+        return []
+    return [f"{len(cut)} run(s) cut examples to max_seq_len ({_names(cut)}): a cut training example loses "
+            "(part of) its answer and a cut test prompt is scored on less than the question, so these scores "
+            "understate the method; raise trial.max_seq_len in the sweep config (or the trial config) to fit "
+            "the longest prompt plus answer"]
+
+
+def _names(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f", and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow progress bar per run (one file each, dozens of runs); a user's own setting is kept."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _read_scores(client: MlflowClient, run_id: str) -> list[float] | None:

@@ -1,4 +1,5 @@
-"""Rank runs by quality per dollar above a quality floor; Pareto front, intervals and ties with the best."""
+"""Rank runs by test quality per dollar above a quality floor; Pareto front, intervals, and the best run
+(chosen on validation) with the runs a paired test cannot tell from it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from leaderboard import choose, paired
 from leaderboard.load import normalise_dtypes
 from leaderboard.stats import quality_interval
 
@@ -16,12 +18,14 @@ DEFAULT_MARGIN = 0.02  # full fine-tuning must beat the best adapter run by more
 # Leaderboard columns, in display order. "position" is the place on the board; "rank" is the LoRA rank r.
 COLUMNS = (
     "position", "run_name", "run_id", "sweep", "method", "rank", "alpha", "target_modules", "learning_rate",
-    "test_quality", "test_quality_ci_low", "test_quality_ci_high", "ci_method", "metric", "n_test",
-    "cost_usd", "device_hours", "quality_per_dollar", "lift_over_baseline", "pareto", "tied_with_best",
-    "below_floor", "status", "peak_memory_mb", "adapter_mb", "trainable_params", "git_commit",
-    "test_set_sha256", "role", "trial_id", "lora_dropout", "steps", "batch_size", "model", "precision",
-    "val_quality", "tokens_per_second", "error",
+    "test_quality", "test_quality_ci_low", "test_quality_ci_high", "ci_method", "val_quality", "metric",
+    "n_test", "cost_usd", "device_hours", "quality_per_dollar", "lift_over_baseline", "pareto", "best",
+    "tied_with_best", "p_vs_best", "tie_test", "below_floor", "status", "peak_memory_mb", "adapter_mb",
+    "trainable_params", "git_commit", "test_set_sha256", "role", "trial_id", "lora_dropout", "steps",
+    "batch_size", "model", "precision", "tokens_per_second", "truncated_train", "truncated_val",
+    "truncated_test", "error",
 )
+TIE_OVERLAP = "interval-overlap"  # tie_test when the pair has no per-example scores to pair
 
 
 def rank_runs(
@@ -29,9 +33,15 @@ def rank_runs(
 ) -> pd.DataFrame:
     """The leaderboard: one row per run of `df` (as from load_runs), ordered, with the derived columns.
 
-    Order: runs at or above the quality floor by quality per dollar (best first); then runs below the floor
-    by quality; then runs without a test quality (failed, still running) by cost. The floor is `min_quality`,
-    or 90% of the best test quality when None. The floor and margin are kept in `ranked.attrs`.
+    Order: runs at or above the quality floor by test quality per dollar (best first); then runs below the
+    floor by test quality; then runs without a test quality (failed, still running) by cost. The floor is
+    `min_quality`, or 90% of the best test quality when None.
+
+    `best` marks the run with the highest validation quality (the split the search used; see choose.py);
+    `tied_with_best` marks it and every run a paired test on the per-example test scores cannot tell from it
+    (p >= 0.05, in `p_vs_best`), or, for a pair without per-example scores, whose 95% test interval overlaps
+    its interval (`tie_test` says which). `ranked.attrs` keeps the floors (test and validation), the margin,
+    the best run's id, the per-example scores (for the decision's paired test) and warnings.
     """
     if min_quality is not None and not 0.0 <= min_quality <= 1.0:
         raise ValueError(f"min_quality must be a quality between 0 and 1, got {min_quality}")
@@ -53,7 +63,11 @@ def rank_runs(
     out["quality_per_dollar"] = np.where(cost > 0, out["test_quality"] / cost.where(cost > 0), np.nan)
     out["lift_over_baseline"] = _lift(out)
     out["pareto"] = pareto_flags(out["test_quality"], out["cost_usd"])
-    out["tied_with_best"] = _tied_with_best(out)
+    scores = choose.scores_by_run(out)
+    best_row = choose.best_by_validation(out)
+    out["best"] = out["run_id"] == best_row["run_id"] if best_row is not None else False
+    out["tied_with_best"], out["p_vs_best"], out["tie_test"] = _ties(out, best_row, scores)
+    warnings = _selection_warnings(out)
 
     has_quality = out["test_quality"].notna()
     best = float(out["test_quality"].max()) if has_quality.any() else None
@@ -61,6 +75,11 @@ def rank_runs(
         DEFAULT_FLOOR_FRACTION * best if best is not None else None
     )
     out["below_floor"] = ~has_quality | (out["test_quality"] < floor if floor is not None else True)
+    chosen = choose.eligible(out)
+    # The same floor on the split that chooses: the user's, else 90% of the best validation quality.
+    val_floor = min_quality if min_quality is not None else (
+        DEFAULT_FLOOR_FRACTION * float(chosen["val_quality"].max()) if not chosen.empty else None
+    )
 
     out = _order(out)
     out.insert(0, "position", range(1, len(out) + 1))
@@ -68,8 +87,13 @@ def rank_runs(
         if column not in out:
             out[column] = None
     ranked = out[list(COLUMNS)].copy()
-    ranked.attrs.update({"sweeps": list(df.attrs.get("sweeps", [])), "min_quality": floor, "margin": margin,
-                         "best_quality": best, "floor_is_default": min_quality is None})
+    ranked.attrs.update({
+        "sweeps": list(df.attrs.get("sweeps", [])), "min_quality": floor, "margin": margin,
+        "best_quality": best, "floor_is_default": min_quality is None, "val_floor": val_floor,
+        "selected_on": choose.SELECTED_ON,
+        "best_run_id": None if best_row is None else str(best_row["run_id"]),
+        "scores": scores, "warnings": warnings,
+    })
     return ranked
 
 
@@ -116,23 +140,56 @@ def _lift(df: pd.DataFrame) -> list[float | None]:
     return lifts
 
 
-def _tied_with_best(df: pd.DataFrame) -> list[bool]:
-    """The best run and every run whose 95% interval overlaps the best run's interval."""
-    if df["test_quality"].notna().sum() == 0:
-        return [False] * len(df)
-    best = df.sort_values(["test_quality", "cost_usd"], ascending=[False, True]).iloc[0]
-    b_low, b_high = _num(best.test_quality_ci_low), _num(best.test_quality_ci_high)
-    tied = []
-    for row in df.itertuples(index=False):
-        quality = _num(row.test_quality)
-        low, high = _num(row.test_quality_ci_low), _num(row.test_quality_ci_high)
-        if quality is None:
-            tied.append(False)
-        elif None in (low, high, b_low, b_high):
-            tied.append(quality == best.test_quality)
-        else:
-            tied.append(bool(low <= b_high and high >= b_low))  # type: ignore[operator]
-    return tied
+def _ties(df: pd.DataFrame, best: pd.Series | None, scores: dict[str, np.ndarray]
+          ) -> tuple[list[bool], list[float | None], list[str | None]]:
+    """Per row: tied with the best run, the paired p-value against it, and the test that decided."""
+    results = [_tie(row, best, scores) for _, row in df.iterrows()]
+    return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
+
+
+def _tie(row: pd.Series, best: pd.Series | None, scores: dict[str, np.ndarray]
+         ) -> tuple[bool, float | None, str | None]:
+    if best is None or _num(row["test_quality"]) is None:
+        return False, None, None
+    if row["run_id"] == best["run_id"]:
+        return True, None, None
+    result = choose.pair(row, best, scores)
+    if result is None:
+        return _overlap(row, best), None, TIE_OVERLAP
+    return result.p_value >= paired.ALPHA, result.p_value, result.test
+
+
+def _overlap(row: pd.Series, best: pd.Series) -> bool:
+    """Today's fallback without per-example scores: the two 95% test intervals overlap."""
+    low, high = _num(row["test_quality_ci_low"]), _num(row["test_quality_ci_high"])
+    b_low, b_high = _num(best["test_quality_ci_low"]), _num(best["test_quality_ci_high"])
+    if low is None or high is None or b_low is None or b_high is None:
+        return _num(row["test_quality"]) == _num(best["test_quality"])
+    return bool(low <= b_high and high >= b_low)
+
+
+def _selection_warnings(df: pd.DataFrame) -> list[str]:
+    warnings = []
+    no_val = df[df["test_quality"].notna() & df["val_quality"].isna()]
+    if not no_val.empty:
+        warnings.append(
+            f"{len(no_val)} run(s) have a test quality but no val_quality ({_names(no_val)}): they are shown "
+            "and ranked by test quality per dollar, but cannot be chosen as the best or recommended run "
+            "(the choice is made on validation)"
+        )
+    fallback = df[df["tie_test"] == TIE_OVERLAP]
+    if not fallback.empty:
+        warnings.append(
+            f"{len(fallback)} run(s) could not be paired example by example with the best run ({_names(fallback)}; "
+            "no per-example test scores, or another test set or metric): their tie with it is 95% interval "
+            "overlap, which misses real differences a paired test would find"
+        )
+    return warnings
+
+
+def _names(rows: pd.DataFrame, limit: int = 5) -> str:
+    names = [str(n) for n in rows["run_name"]]
+    return ", ".join(names[:limit]) + (f", and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:

@@ -13,9 +13,11 @@ from leaderboard.decision import Decision
 from leaderboard.view import HEADERS, caption, display_rows, records, row_class, title
 
 # The three yes/no columns become one "flags" column of letters in the terminal.
-FLAGS = (("Pareto", "P"), ("tied w/ best", "T"), ("below floor", "<"))
-DROP_ORDER = ("commit", "peak MB", "device h", "run id", "adapter MB", "targets", "lift", "alpha", "95% CI",
-              "lr", "status")
+FLAGS = (("Pareto", "P"), ("best (val)", "B"), ("tied w/ best", "T"), ("below floor", "<"))
+DROP_ORDER = ("commit", "peak MB", "device h", "run id", "p vs best", "adapter MB", "targets", "lift",
+              "alpha", "95% CI", "lr", "status")
+# Short headers where the terminal is tight; the caption says test quality is shown and validation chose.
+SHORT = {"test quality": "test", "val quality": "val"}
 STYLES = {"failed": "red", "pareto": "bold", "below": "dim", "recommended": "reverse"}
 
 
@@ -41,13 +43,14 @@ def print_table(ranked: pd.DataFrame, decision: Decision, warnings: Sequence[str
 
     table = Table(title=title(ranked), caption=caption(ranked, decision), header_style="bold")
     for j in shown:
-        table.add_column(headers[j], overflow="fold", no_wrap=headers[j] != "run")
+        table.add_column(SHORT.get(headers[j], headers[j]), overflow="fold", no_wrap=headers[j] != "run")
     for row, record in zip(rows, records(ranked), strict=True):
         style = " ".join(STYLES[c] for c in row_class(record, decision).split() if c in STYLES)
         # Text(...) rather than str: a run name like "[red]x" must not be read as rich markup.
         table.add_row(*(Text(row[j]) for j in shown), style=style)
     console.print(table)
-    note = "flags: P Pareto-optimal, T statistically tied with the best, < below the quality floor"
+    note = ("flags: P Pareto-optimal, B best by validation quality, T statistically tied with the best, "
+            "< below the quality floor")
     if hidden:
         note += f"; hidden to fit the terminal: {', '.join(hidden)} (all columns: --format csv/json/md/html)"
     console.print(Text(note, style="dim"))

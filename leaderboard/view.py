@@ -21,14 +21,17 @@ DISPLAY: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("alpha", "alpha", fmt.integer),
     ("targets", "target_modules", fmt.modules),
     ("lr", "learning_rate", fmt.rate),
-    ("quality", "test_quality", fmt.quality),
+    ("test quality", "test_quality", fmt.quality),
     ("95% CI", "ci", fmt.text),
+    ("val quality", "val_quality", fmt.quality),
     ("cost", "cost_usd", fmt.usd),
     ("device h", "device_hours", lambda v: fmt.number(v, 3)),
     ("quality/$", "quality_per_dollar", fmt.number),
     ("lift", "lift_over_baseline", fmt.signed),
     ("Pareto", "pareto", fmt.flag),
+    ("best (val)", "best", fmt.flag),
     ("tied w/ best", "tied_with_best", fmt.flag),
+    ("p vs best", "p_vs_best", fmt.p_value),
     ("below floor", "below_floor", fmt.flag),
     ("status", "status", fmt.text),
     ("peak MB", "peak_memory_mb", lambda v: fmt.number(v, 0)),
@@ -53,10 +56,11 @@ def display_rows(ranked: pd.DataFrame) -> list[list[str]]:
 
 
 def row_class(record: dict[str, Any], decision: Decision) -> str:
-    """Space-separated: failed, pareto, below (the floor), tied (with the best), recommended."""
+    """Space-separated: failed, pareto, below (the floor), best, tied (with the best), recommended."""
     classes = [name for name, on in (
         ("failed", record.get("status") == "failed"),
         ("pareto", record.get("pareto")),
+        ("best", record.get("best")),
         ("below", record.get("below_floor") and record.get("status") != "failed"),
         ("tied", record.get("tied_with_best")),
         ("recommended", record.get("run_id") == recommended_id(decision)),
@@ -78,7 +82,14 @@ def caption(ranked: pd.DataFrame, decision: Decision) -> str:
     default = " (90% of the best)" if ranked.attrs.get("floor_is_default") else ""
     return (f"{len(ranked)} runs; metric {decision.metric or 'mixed/unknown'}; "
             f"quality floor {floor}{default}; margin {decision.margin:.3g}; "
-            f"locked test set sha256 {', '.join(s[:12] for s in shas) or '-'}")
+            f"locked test set sha256 {', '.join(s[:12] for s in shas) or '-'}. {selection(decision)}")
+
+
+def selection(decision: Decision) -> str:
+    """Which split chose, said on every format."""
+    floor = "" if decision.val_floor is None else f", validation floor {decision.val_floor:.3f}"
+    return (f"Best, tied and recommended runs chosen on {decision.selected_on} (val_quality{floor}); "
+            "quality shown, ranked and compared is the locked test score.")
 
 
 def sweeps(ranked: pd.DataFrame) -> list[str]:

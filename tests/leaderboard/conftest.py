@@ -15,10 +15,12 @@ SHA = "a" * 64
 
 def row(name: str, method: str = "lora", quality: float | None = 0.8, cost: float | None = 1.0,
         **extra: Any) -> dict[str, Any]:
+    """A run whose validation quality equals its test quality unless `val_quality=` says otherwise."""
     values: dict[str, Any] = {column: None for column in RAW_COLUMNS}
     values.update(
         sweep="demo", run_id=f"id-{name}", run_name=name, role="baseline" if method == "none" else "trial",
-        method=method, status="finished", metric="exact_match", test_quality=quality, n_test=400,
+        method=method, status="finished", metric="exact_match", test_quality=quality, val_quality=quality,
+        n_test=400,
         cost_usd=cost, device_hours=None if cost is None else cost / 2.5, test_set_sha256=SHA,
         git_commit="0123456789abcdef",
     )

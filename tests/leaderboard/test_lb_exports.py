@@ -216,3 +216,29 @@ def test_html_escapes_parameters_and_tags_too(frame, make_row) -> None:
     text = "".join(parser.text)
     assert script in text  # the sweep name in the title, the modules in the table: shown literally
     assert "<script>al" in parser.cells  # the commit column, cut to 10 characters, still escaped
+
+
+def test_every_export_carries_val_quality_and_the_selection_split(frame, make_row, tmp_path) -> None:
+    # Validation and test disagree, so a format that showed the wrong split would show the wrong number.
+    ranked = rank_runs(frame(
+        make_row("chosen", "lora", 0.78, 1.0, val_quality=0.861),
+        make_row("test_top", "lora", 0.82, 1.0, val_quality=0.702, rank=8),
+    ))
+    decision = decide(ranked)
+    paths = {p.suffix: p for p in export_all(ranked, decision, tmp_path)}
+    csv = pd.read_csv(paths[".csv"]).set_index("run_name")
+    assert csv.loc["chosen", "val_quality"] == pytest.approx(0.861) and bool(csv.loc["chosen", "best"])
+    assert not bool(csv.loc["test_top", "best"])
+    document = json.loads(paths[".json"].read_text())
+    assert document["selected_on"] == "validation" and document["best_run_id"] == "id-chosen"
+    assert {r["run_name"]: r["val_quality"] for r in document["rows"]} == {"chosen": 0.861, "test_top": 0.702}
+    assert document["decision"]["selected_on"] == "validation"
+    for suffix in (".md", ".html"):
+        text = paths[suffix].read_text()
+        assert "chosen on validation (val_quality" in text
+        assert "0.861" in text and "val quality" in text
+    buffer = io.StringIO()
+    print_table(ranked, decision, (), Console(file=buffer, width=300, color_system=None))
+    out = " ".join(buffer.getvalue().split())
+    assert "chosen on validation (val_quality" in out and "0.861" in out
+    assert "B best by validation quality" in out

@@ -3,71 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
-from mlflow.entities import Metric, Param
+from lb_store import LORA, OTHER_SHA, SHA, final, hits, log_sweep
 from mlflow.tracking import MlflowClient
 
 from leaderboard import build, load_runs, main, write_leaderboard
-from tracking.names import (
-    ARTIFACT_PREDICTIONS,
-    TAG_ERROR,
-    TAG_GIT_COMMIT,
-    TAG_METHOD,
-    TAG_METRIC,
-    TAG_PARENT,
-    TAG_ROLE,
-    TAG_STATUS,
-    TAG_SWEEP,
-    TAG_TEST_SHA,
-    TAG_TRIAL_ID,
-)
-
-SHA = "5" * 64
-OTHER_SHA = "9" * 64
-LORA = {"rank": "16", "alpha": "32", "target_modules": "q_proj,k_proj,v_proj,o_proj", "lora_dropout": "0.05",
-        "learning_rate": "0.0002"}
-
-
-def log_sweep(client: MlflowClient, root: Path, name: str, metric: str, trials: list[dict[str, Any]]) -> None:
-    experiment_id = client.create_experiment(name, artifact_location=(root / "artifacts" / name).as_uri())
-    parent = client.create_run(experiment_id, run_name=f"{name}-sweep",
-                               tags={TAG_SWEEP: name, TAG_ROLE: "sweep", TAG_TEST_SHA: SHA})
-    for i, trial in enumerate(trials):
-        method = trial["method"]
-        tags = {TAG_PARENT: parent.info.run_id, TAG_SWEEP: name, TAG_ROLE: trial.get("role", "trial"),
-                TAG_TRIAL_ID: f"trial_{i:03d}", TAG_METHOD: method,
-                TAG_STATUS: trial.get("status", "finished"), TAG_TEST_SHA: trial.get("sha", SHA),
-                TAG_METRIC: metric, TAG_GIT_COMMIT: "feedc0ffee1234"}
-        if "error" in trial:
-            tags[TAG_ERROR] = trial["error"]
-        run = client.create_run(experiment_id, run_name=trial["name"], tags=tags)
-        params = {"method": method, "steps": "40", "batch_size": "8", "model": "smollm2-135m",
-                  "precision": "fp32", "rank": "", "alpha": "", **trial.get("params", {})}
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in trial["metrics"].items()]
-        metrics.append(Metric("val_quality", 0.1, now, 10))  # a curve: the leaderboard takes the last value
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()], metrics=metrics)
-        if "scores" in trial:
-            examples = [{"expected": "a", "predicted": "b", "score": s} for s in trial["scores"]]
-            lines = "\n".join(json.dumps(example) for example in examples)
-            client.log_text(run.info.run_id, lines + "\n", ARTIFACT_PREDICTIONS)
-        client.set_terminated(run.info.run_id, "FAILED" if trial.get("status") == "failed" else "FINISHED")
-    client.set_terminated(parent.info.run_id)
-
-
-def final(quality: float | None, cost: float, n: int = 200, adapter: float | None = None) -> dict[str, float]:
-    metrics = {"n_test": n, "cost_usd": cost, "device_hours": cost / 2.5, "peak_memory_mb": 900.0,
-               "trainable_params": 1_843_200, "tokens_per_second": 135.0}
-    if quality is not None:
-        metrics["test_quality"] = quality
-    if adapter is not None:
-        metrics["adapter_mb"] = adapter
-    return metrics
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +17,22 @@ def store(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
+    # Per-example scores are nested (each run right on the first k of 200 examples), so the paired tests have
+    # known discordant pairs: full (156) against qlora-r8 (150) is 6 to 0, McNemar p = 2 x 0.5^6.
     log_sweep(client, root, "demo", "exact_match", [
-        {"name": "baseline", "method": "none", "role": "baseline", "metrics": final(0.35, 0.02)},
-        {"name": "lora-default", "method": "lora", "params": LORA, "metrics": final(0.74, 0.40, adapter=7.0)},
+        {"name": "baseline", "method": "none", "role": "baseline", "metrics": final(0.35, 0.02),
+         "scores": hits(200, 70)},
+        {"name": "lora-default", "method": "lora", "params": LORA, "metrics": final(0.74, 0.40, adapter=7.0),
+         "scores": hits(200, 148)},
         {"name": "qlora-r8", "method": "qlora", "params": {**LORA, "rank": "8", "alpha": "16"},
-         "metrics": final(0.75, 0.30, adapter=3.5)},
-        {"name": "full", "method": "full", "params": {"learning_rate": "1e-05"}, "metrics": final(0.78, 2.5)},
-        {"name": "lora-r64-pruned", "method": "lora", "status": "pruned",
-         "params": {**LORA, "rank": "64", "alpha": "128"}, "metrics": final(0.60, 0.10, adapter=28.0)},
+         "metrics": final(0.75, 0.30, adapter=3.5), "scores": hits(200, 150)},
+        {"name": "full", "method": "full", "params": {"learning_rate": "1e-05"}, "metrics": final(0.78, 2.5),
+         "scores": hits(200, 156)},
+        {"name": "lora-r64-pruned", "method": "lora", "status": "pruned", "val": 0.55,
+         "params": {**LORA, "rank": "64", "alpha": "128"}, "metrics": final(0.60, 0.10, adapter=28.0),
+         "scores": hits(200, 120)},
         {"name": "lora-oom", "method": "lora", "status": "failed", "error": "CUDA out of memory",
-         "params": LORA, "metrics": final(None, 0.05)},
+         "params": LORA, "metrics": final(None, 0.05), "val": None},
         {"name": "stale-test-set", "method": "lora", "sha": OTHER_SHA, "params": LORA,
          "metrics": final(0.99, 0.01)},
     ])
@@ -118,6 +66,12 @@ def test_load_reads_every_run_of_the_locked_test_set(store) -> None:
     assert rows.loc["baseline", "role"] == "baseline"
     assert rows.loc["lora-default", "git_commit"] == "feedc0ffee1234"
     assert set(df["test_set_sha256"]) == {SHA}
+    # val_quality is the final value (step 10), not the curve's earlier point; the scores come per example.
+    assert rows.loc["lora-r64-pruned", "val_quality"] == pytest.approx(0.55)
+    assert rows.loc["qlora-r8", "val_quality"] == pytest.approx(0.75)
+    assert rows.loc["full", "scores"] == [1.0] * 156 + [0.0] * 44
+    assert pd.isna(rows.loc["lora-oom", "val_quality"]) and rows.loc["lora-oom", "scores"] is None
+    assert not any("max_seq_len" in w or "test_predictions" in w for w in warnings)  # none missing, none cut
 
 
 def test_board_from_mlflow_ranks_and_decides(store) -> None:
@@ -133,10 +87,25 @@ def test_board_from_mlflow_ranks_and_decides(store) -> None:
     # qlora-r8 (0.75 at $0.30) beats lora-default (0.74 at $0.40) on both axes.
     front = set(ranked.loc[ranked["pareto"], "run_name"])
     assert front == {"baseline", "lora-r64-pruned", "qlora-r8", "full"}
+    # Chosen on validation: full is the best run; the paired tests run on the per-example test scores.
+    assert list(ranked.loc[ranked["best"], "run_name"]) == ["full"]
+    assert rows.loc["qlora-r8", "tie_test"] == "mcnemar-exact"
+    assert rows.loc["qlora-r8", "p_vs_best"] == pytest.approx(2 * 0.5**6)
+    assert not rows.loc["qlora-r8", "tied_with_best"]  # p = 0.031 < 0.05, though the intervals overlap
+    assert rows.loc["qlora-r8", "test_quality_ci_high"] > rows.loc["full", "test_quality_ci_low"]
     decision = board.decision
-    assert decision.escalate_to_full is True  # 0.78 - 0.75 = 0.03 > 0.02
+    # qlora-r8 is the best adapter by validation; 0.78 - 0.75 = 0.03 > 0.02, p = 0.031, 3 configurations.
+    assert decision.best_adapter is not None and decision.best_adapter["run_name"] == "qlora-r8"
+    assert decision.full_vs_adapter_p_value == pytest.approx(2 * 0.5**6)
+    assert decision.adapter_configs_completed == 3
+    assert decision.escalate_to_full is True and decision.escalation_blocked_by is None
     assert decision.recommended is not None and decision.recommended["run_name"] == "full"
-    assert "+0.030 over the best adapter run at 8.3x its cost" in decision.text
+    assert "+0.030 test exact_match over the best adapter run at 8.3x its cost" in decision.text
+    # The same board asking for 4 adapter configurations does not escalate, and says what to run.
+    strict = build(["demo"], store, min_adapter_configs=4).decision
+    assert strict.escalation_blocked_by == "adapter_configs"
+    assert strict.recommended is not None and strict.recommended["run_name"] == "qlora-r8"
+    assert strict.next_step is not None and strict.next_step.startswith("run 1 more LoRA/QLoRA configuration")
 
 
 def test_cli_json_export(store, tmp_path, capsys) -> None:
@@ -147,6 +116,12 @@ def test_cli_json_export(store, tmp_path, capsys) -> None:
     assert [r["run_name"] for r in document["rows"]][0] == "qlora-r8"
     assert document["decision"]["escalate_to_full"] is False
     assert document["decision"]["recommended"]["run_name"] == "qlora-r8"
+    assert document["selected_on"] == "validation" and document["decision"]["selected_on"] == "validation"
+    assert document["best_run_id"] == next(r["run_id"] for r in document["rows"] if r["run_name"] == "full")
+    assert document["decision"]["escalation_blocked_by"] == "margin"  # 0.03 is not more than 0.05
+    assert document["decision"]["full_vs_adapter_p_value"] == pytest.approx(2 * 0.5**6)
+    assert document["decision"]["adapter_configs_completed"] == 3
+    assert all("val_quality" in r for r in document["rows"])
     assert "another locked test set" in capsys.readouterr().err
 
 
@@ -212,3 +187,16 @@ def test_missing_sqlite_file_is_an_error_not_a_new_store(tmp_path, capsys) -> No
     assert main(["demo", "--tracking-uri", uri]) == 2
     assert "no MLflow database at" in capsys.readouterr().err
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_cli_min_adapter_configs(store, tmp_path, capsys) -> None:
+    out = tmp_path / "board.json"
+    base = ["demo", "--format", "json", "--out", str(out), "--tracking-uri", store]
+    assert main([*base, "--min-adapter-configs", "4"]) == 0
+    decision = json.loads(out.read_text())["decision"]
+    assert decision["min_adapter_configs"] == 4 and decision["escalation_blocked_by"] == "adapter_configs"
+    assert main(base) == 0
+    assert json.loads(out.read_text())["decision"]["escalation_blocked_by"] is None  # default 3: met
+    with pytest.raises(SystemExit):
+        main([*base, "--min-adapter-configs", "-1"])
+    assert "expected 0 or more configurations" in capsys.readouterr().err

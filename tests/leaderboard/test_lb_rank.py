@@ -90,6 +90,52 @@ def test_ties_follow_interval_overlap(frame, make_row) -> None:
     assert wilson_interval(0.80, 1000)[1] < wilson_interval(0.90, 1000)[0]
     assert rows["best"]["tied_with_best"] and rows["close"]["tied_with_best"]
     assert not rows["far"]["tied_with_best"]
+    # No per-example scores: the fallback is said per row (and in the warnings).
+    assert rows["close"]["tie_test"] == rows["far"]["tie_test"] == "interval-overlap"
+    assert pd.isna(rows["close"]["p_vs_best"])
+    assert any("could not be paired example by example" in w for w in rank_runs(df).attrs["warnings"])
+
+
+def test_ties_with_per_example_scores_use_the_paired_test(frame, make_row) -> None:
+    n = 1000
+    best = [1.0] * 900 + [0.0] * 100
+
+    def shifted(lost: int, gained: int) -> list[float]:
+        # best's scores with `lost` of its right answers wrong and `gained` of its wrong answers right
+        return [0.0] * lost + [1.0] * (900 - lost) + [1.0] * gained + [0.0] * (100 - gained)
+
+    df = frame(
+        make_row("best", quality=0.90, cost=2.0, n_test=n, scores=best),
+        # 0.88: intervals overlap, but 20 lost against 0 gained is no accident (p = 2 x 0.5^20).
+        make_row("close_but_worse", quality=0.88, cost=1.0, n_test=n, scores=shifted(20, 0)),
+        # 0.89: 15 lost, 5 gained: p = 2 x P(X <= 5), X ~ Bin(20, 1/2) = 2 x 21700 / 2^20 = 0.041: not tied.
+        make_row("mixed", quality=0.89, cost=1.0, n_test=n, scores=shifted(15, 5)),
+        # 0.895: 10 lost, 5 gained: p = 2 x P(X <= 5), X ~ Bin(15, 1/2) = 2 x 4944 / 2^15 = 0.30: tied.
+        make_row("noise", quality=0.895, cost=1.0, n_test=n, scores=shifted(10, 5)),
+    )
+    rows = by_name(rank_runs(df))
+    assert rows["best"]["best"] and rows["best"]["tied_with_best"]
+    assert rows["close_but_worse"]["p_vs_best"] == pytest.approx(2 * 0.5**20)
+    assert not rows["close_but_worse"]["tied_with_best"]
+    assert rows["mixed"]["p_vs_best"] == pytest.approx(0.04138946533203125)
+    assert not rows["mixed"]["tied_with_best"]
+    assert rows["noise"]["p_vs_best"] == pytest.approx(0.3017578125)
+    assert rows["noise"]["tied_with_best"] and rows["noise"]["tie_test"] == "mcnemar-exact"
+
+
+def test_the_best_run_is_chosen_on_validation(frame, make_row) -> None:
+    df = frame(
+        make_row("top_on_test", quality=0.90, val_quality=0.70, n_test=1000),
+        make_row("top_on_val", quality=0.80, val_quality=0.85, n_test=1000),
+        make_row("same_val_dearer", quality=0.95, val_quality=0.85, cost=3.0, n_test=1000),
+    )
+    ranked = rank_runs(df)
+    rows = by_name(ranked)
+    # Equal validation quality: the cheaper run, never the better test score.
+    assert [name for name, r in rows.items() if r["best"]] == ["top_on_val"]
+    assert ranked.attrs["best_run_id"] == "id-top_on_val" and ranked.attrs["selected_on"] == "validation"
+    assert not rows["top_on_test"]["tied_with_best"]  # 0.90 vs 0.80 on 1000: the intervals are apart
+    assert ranked.attrs["val_floor"] == pytest.approx(0.9 * 0.85)
 
 
 def test_small_test_sets_tie_more(frame, make_row) -> None:
@@ -166,3 +212,23 @@ def test_empty_and_all_failed_boards(frame, make_row) -> None:
 def test_floor_outside_zero_one_is_refused(board, bad) -> None:
     with pytest.raises(ValueError, match="min_quality"):
         rank_runs(board, min_quality=bad)
+
+
+def test_runs_are_paired_only_on_the_same_test_set_length_and_metric(frame, make_row) -> None:
+    n = 100
+    best = [1.0] * 90 + [0.0] * 10
+    worse = [0.0] * 20 + [1.0] * 70 + [0.0] * 10  # 20 lost, none gained: p = 2 x 0.5^20 when paired
+    df = frame(
+        make_row("best", quality=0.90, val_quality=0.9, n_test=n, scores=best),
+        make_row("paired", quality=0.70, val_quality=0.7, n_test=n, scores=worse),
+        make_row("other_set", quality=0.70, val_quality=0.7, n_test=n, scores=worse, test_set_sha256="b" * 64),
+        make_row("no_hash", quality=0.70, val_quality=0.7, n_test=n, scores=worse, test_set_sha256=None),
+        make_row("shorter", quality=0.70, val_quality=0.7, n_test=n - 10, scores=worse[:-10]),
+        make_row("other_metric", quality=0.70, val_quality=0.7, n_test=n, scores=worse, metric="accuracy"),
+    )
+    rows = by_name(rank_runs(df))
+    assert rows["paired"]["tie_test"] == "mcnemar-exact"
+    assert rows["paired"]["p_vs_best"] == pytest.approx(2 * 0.5**20)
+    for name in ("other_set", "no_hash", "shorter", "other_metric"):
+        assert rows[name]["tie_test"] == "interval-overlap", name
+        assert pd.isna(rows[name]["p_vs_best"])
