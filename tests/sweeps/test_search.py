@@ -242,3 +242,25 @@ def ray_session() -> Any:
     ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
+
+
+def test_the_counts_survive_a_save_and_restore_of_the_searcher(tmp_path: Path) -> None:
+    """Tune saves the base searcher (OptunaSearch pickles its study and sampler) and restores it on resume:
+    the floor counts live in that study, so the restored sampler proposes as the first would have."""
+    import pickle
+
+    space = load_space("default")
+    first = search.searcher(space, 3)
+    for trial_id, score in (("a", 0.86), ("b", 0.80), ("c", 0.93)):
+        assert isinstance(first.suggest(trial_id), dict)
+        first.on_trial_complete(trial_id, {"training_iteration": 3, "val_quality": score, "phase": "final"})
+    first.save(str(tmp_path / "searcher.pkl"))
+    again = pickle.loads(pickle.dumps(search.searcher(space, 3)))  # as Tuner.restore unpickles it
+    again.restore(str(tmp_path / "searcher.pkl"))
+    config = again.suggest("d")
+    # The first points are spent (a fresh searcher would propose the production default now), 2 adapters
+    # are done: the 3rd proposal is forced to LoRA, its settings TPE's.
+    assert config is not None and config["method"] == "lora" and config["learning_rate"] != 2e-4
+    assert len(again.searcher._ot_study.get_trials()) == 4
+    scheduler = pickle.loads(pickle.dumps(search.scheduler(60, 40, 1, 3, {"adapter": 3, "full": 1})))
+    assert isinstance(scheduler, search.FloorScheduler) and scheduler.floors == {"adapter": 3, "full": 1}
