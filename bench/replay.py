@@ -133,7 +133,7 @@ def search_ours(rows: list[Row], space: Any, seed: int, budget: float, asha: dic
     import optuna
     from ray.tune.schedulers import ASHAScheduler
 
-    from sweeps import search
+    from sweeps import pruning, search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     np.random.seed(seed)  # ASHA draws a bracket with numpy (one bracket here, but keep it reproducible)
@@ -144,7 +144,7 @@ def search_ours(rows: list[Row], space: Any, seed: int, budget: float, asha: dic
     for point in points:
         study.enqueue_trial(point)
     asha_scheduler = ASHAScheduler(time_attr="training_iteration", metric=search.METRIC, mode="max", **asha)
-    scheduler = search.FloorScheduler(asha_scheduler, floors, announce=False) if floors else asha_scheduler
+    scheduler = pruning.FloorScheduler(asha_scheduler, floors, announce=False) if floors else asha_scheduler
     rng = random.Random(seed)
     played: list[tuple[Row, Outcome]] = []
     trials: list[Any] = []

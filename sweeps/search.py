@@ -14,10 +14,10 @@ changes, hold a floor per method group instead: adapters (LoRA and QLoRA togethe
   adapter method with the best validation score so far); TPE still chooses every other parameter. The
   sweep's first points (the production-default LoRA, the same as QLoRA, full fine-tuning at 1e-5) come
   first, unchanged. The counts are read from the Optuna study itself, so they survive a resume.
-- Pruning (`FloorScheduler`, around ASHA): a stop is turned into "continue" when the trial is a new
-  configuration its group needs to reach its floor (completed + running, itself included, <= floor).
-  The counts are read from Ray's trials. Every such override is printed, so a weak trial that was kept
-  says why.
+- Pruning (`sweeps.pruning.FloorScheduler`, around ASHA): a stop is turned into "continue" when the
+  trial is a new configuration its group needs to reach its floor (completed + running, itself included,
+  <= floor). The counts are read from Ray's trials. Every such override is printed, so a weak trial that
+  was kept says why.
 - `TellPruned` tells Optuna a trial ASHA stopped as PRUNED (its last score as an intermediate value) and a
   failed one as FAIL. Ray's OptunaSearch would tell a stopped trial COMPLETE, with its step-40 score as if
   it were final, and a failed one's NaN leaves the Optuna trial RUNNING; the proposal rule could then not
@@ -36,8 +36,6 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
-from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.util import _set_search_properties_backwards_compatible
 
@@ -45,7 +43,6 @@ METRIC = "val_quality"
 ADAPTER_METHODS = ("lora", "qlora")
 CONFIG_KEYS = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
 MIN_STARTUP_TRIALS = 3  # without first points, a few random trials before TPE's first model
-LIVE = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
 
 
 def group_of(method: Any) -> str:
@@ -108,23 +105,6 @@ def searcher(space: Any, min_adapter_configs: int) -> Searcher:
     optuna_search = OptunaSearch(space=space.define_by_run, metric=METRIC, mode="max",
                                  points_to_evaluate=points, sampler=sampler(len(points), floors))  # fmt: skip
     return TellPruned(optuna_search)
-
-
-def asha(steps: int, eval_every: int, grace_period: int, reduction_factor: float) -> ASHAScheduler:
-    """ASHA with rungs counted in validation reports; the final report (the test score) comes one past the
-    last validation, and max_t lies past both: ASHA stops a trial that reaches max_t."""
-    return ASHAScheduler(time_attr="training_iteration", max_t=reports(steps, eval_every) + 2,
-                         grace_period=grace_period, reduction_factor=reduction_factor)  # fmt: skip
-
-
-def scheduler(steps: int, eval_every: int, grace_period: int, reduction_factor: float,
-              floors: Mapping[str, int]) -> TrialScheduler:  # fmt: skip
-    base = asha(steps, eval_every, grace_period, reduction_factor)
-    return FloorScheduler(base, floors) if floors else base
-
-
-def reports(steps: int, eval_every: int) -> int:
-    return max(1, math.ceil(steps / eval_every))
 
 
 # --- the proposal rule ------------------------------------------------------------------------------
@@ -269,95 +249,6 @@ class TellPruned(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.searcher.restore(checkpoint_path)
-
-
-# --- the pruning rule ---------------------------------------------------------------------------------
-
-
-def trial_key(trial: Any) -> tuple[tuple[str, str], ...]:
-    config = getattr(trial, "config", {}) or {}
-    return config_key({k: config.get(k) for k in CONFIG_KEYS})
-
-
-def keeps(trial: Any, trials: Iterable[Any], floors: Mapping[str, int]) -> bool:
-    """Whether a stop of `trial` must be overridden: it is a new configuration its method group needs to
-    reach its floor (completed + live configurations, itself included, <= the floor)."""
-    group = group_of((getattr(trial, "config", {}) or {}).get("method"))
-    floor = floors.get(group, 0)
-    if not floor:
-        return False
-    done: set[Any] = set()
-    live: set[Any] = set()
-    for other in trials:
-        if other is trial or group_of((getattr(other, "config", {}) or {}).get("method")) != group:
-            continue
-        if other.status == Trial.TERMINATED and completed(getattr(other, "last_result", None)):
-            done.add(trial_key(other))
-        elif other.status in LIVE:
-            live.add(trial_key(other))
-    key = trial_key(trial)
-    return key not in done and len(done | live | {key}) <= floor
-
-
-class FloorScheduler(TrialScheduler):
-    """Wraps a scheduler (ASHA) and overrides its stop for a trial its method group still needs."""
-
-    def __init__(self, base: TrialScheduler, floors: Mapping[str, int], announce: bool = True) -> None:
-        self.base = base
-        self.floors = dict(floors)
-        self.announce = announce  # print each override (the sweep does; the replay does not)
-        self.kept: list[str] = []  # trial ids a stop was overridden for, in order
-        super().__init__()
-
-    @property
-    def metric(self) -> Any:
-        return self.base.metric
-
-    @property
-    def supports_buffered_results(self) -> bool:
-        return self.base.supports_buffered_results
-
-    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        return self.base.set_search_properties(metric, mode, **spec)
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self.base.on_trial_add(tune_controller, trial)
-
-    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        self.base.on_trial_error(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        decision = self.base.on_trial_result(tune_controller, trial, result)
-        if decision != TrialScheduler.STOP or completed(result):
-            return decision
-        if not keeps(trial, tune_controller.get_trials(), self.floors):
-            return decision
-        self.kept.append(trial.trial_id)
-        method = trial.config.get("method")
-        floor = self.floors[group_of(method)]
-        if self.announce:
-            print(f"search: kept trial {trial.trial_id} ({method}), which ASHA would have stopped at report "
-                  f"{result.get('training_iteration')}: the {group_of(method)} methods need {floor} completed "
-                  "configuration(s) for the method decision (min_adapter_configs)", flush=True)  # fmt: skip
-        return TrialScheduler.CONTINUE
-
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
-        self.base.on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        self.base.on_trial_remove(tune_controller, trial)
-
-    def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        return self.base.choose_trial_to_run(tune_controller)
-
-    def debug_string(self) -> str:
-        return f"{self.base.debug_string()}\nfloors {self.floors}, kept {len(self.kept)}"
-
-    def save(self, checkpoint_path: str) -> None:
-        self.base.save(checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.base.restore(checkpoint_path)
 
 
 def floor_note(floors: Mapping[str, int], max_trials: int) -> str | None:

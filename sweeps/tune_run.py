@@ -25,6 +25,7 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
+    from sweeps import pruning
     from sweeps import search as sweep_search
     from sweeps.budget import BudgetLedger, BudgetSearcher, BudgetStopper, BudgetSync
     from sweeps.mlflow_callback import MLflowTrialLogger
@@ -92,8 +93,8 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
             ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency), ledger, cfg.max_trials
         )
         floors = sweep_search.method_floors(space.method_names, cfg.min_adapter_configs)
-        scheduler = sweep_search.scheduler(int(base.get("steps", 80)), int(base.get("eval_every", 20)),
-                                           cfg.grace_period, cfg.reduction_factor, floors)  # fmt: skip
+        scheduler = pruning.scheduler(int(base.get("steps", 80)), int(base.get("eval_every", 20)),
+                                      cfg.grace_period, cfg.reduction_factor, floors)  # fmt: skip
         note = sweep_search.floor_note(floors, cfg.max_trials)
         if note:
             console.print(note)

@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.loader import load_space
 from sweeps import config as sweep_config
-from sweeps import search
+from sweeps import pruning, search
 from trainers.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,21 +124,21 @@ def test_the_pruning_rule_keeps_only_what_a_floor_needs() -> None:
     stopped = ray_trial("c", "lora", Trial.TERMINATED, "train", lr=3e-4)  # pruned: not evidence
     running = ray_trial("d", "lora", lr=5e-4)
     trials = [done_lora, done_qlora, stopped, running]
-    assert search.keeps(running, trials, FLOORS)  # 2 completed + itself = 3 <= 3
+    assert pruning.keeps(running, trials, FLOORS)  # 2 completed + itself = 3 <= 3
     extra = ray_trial("e", "qlora", lr=6e-4)
-    assert not search.keeps(extra, [*trials, extra], FLOORS)  # 2 + 2 running = 4 > 3: may go
+    assert not pruning.keeps(extra, [*trials, extra], FLOORS)  # 2 + 2 running = 4 > 3: may go
     full = ray_trial("f", "full", lr=1e-5)
-    assert search.keeps(full, [*trials, full], FLOORS)
-    assert not search.keeps(full, [*trials, full, ray_trial("g", "full", Trial.TERMINATED, "final")], FLOORS)
+    assert pruning.keeps(full, [*trials, full], FLOORS)
+    assert not pruning.keeps(full, [*trials, full, ray_trial("g", "full", Trial.TERMINATED, "final")], FLOORS)
     again = ray_trial("h", "lora")  # the parameters of a completed trial: adds nothing
-    assert not search.keeps(again, [*trials, again], FLOORS)
-    assert not search.keeps(running, trials, {})
+    assert not pruning.keeps(again, [*trials, again], FLOORS)
+    assert not pruning.keeps(running, trials, {})
 
 
 def test_the_scheduler_overrides_ashas_stop_for_a_needed_trial_only() -> None:
     asha = ASHAScheduler(time_attr="training_iteration", metric="val_quality", mode="max", max_t=4,
                          grace_period=1, reduction_factor=3)  # fmt: skip
-    scheduler = search.FloorScheduler(asha, {"adapter": 2}, announce=False)
+    scheduler = pruning.FloorScheduler(asha, {"adapter": 2}, announce=False)
     trials: list[Any] = []
     controller = SimpleNamespace(get_trials=lambda: trials)
 
@@ -218,7 +218,7 @@ def test_a_real_tune_run_ends_with_three_completed_adapters_where_asha_would_pru
         tune_config=tune.TuneConfig(
             metric="val_quality", mode="max", num_samples=6,
             search_alg=ConcurrencyLimiter(search.searcher(space, minimum), max_concurrent=1),
-            scheduler=search.scheduler(steps=4, eval_every=2, grace_period=1, reduction_factor=4, floors=floors),
+            scheduler=pruning.scheduler(steps=4, eval_every=2, grace_period=1, reduction_factor=4, floors=floors),
         ),
         run_config=tune.RunConfig(storage_path=str(tmp_path), name=f"floors{minimum}", verbose=0),
     )  # fmt: skip
@@ -262,5 +262,5 @@ def test_the_counts_survive_a_save_and_restore_of_the_searcher(tmp_path: Path) -
     # are done: the 3rd proposal is forced to LoRA, its settings TPE's.
     assert config is not None and config["method"] == "lora" and config["learning_rate"] != 2e-4
     assert len(again.searcher._ot_study.get_trials()) == 4
-    scheduler = pickle.loads(pickle.dumps(search.scheduler(60, 40, 1, 3, {"adapter": 3, "full": 1})))
-    assert isinstance(scheduler, search.FloorScheduler) and scheduler.floors == {"adapter": 3, "full": 1}
+    scheduler = pickle.loads(pickle.dumps(pruning.scheduler(60, 40, 1, 3, {"adapter": 3, "full": 1})))
+    assert isinstance(scheduler, pruning.FloorScheduler) and scheduler.floors == {"adapter": 3, "full": 1}
