@@ -207,6 +207,7 @@ def scripted(config: dict[str, Any]) -> None:
     tune.report({"val_quality": base, "phase": "final", "test_quality": base})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("minimum", [3, 0])
 def test_a_real_tune_run_ends_with_three_completed_adapters_where_asha_would_prune_them(
     ray_session: Any, tmp_path: Any, minimum: int
