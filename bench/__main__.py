@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         from search_spaces.loader import load_space
 
         table = record.load_table()
-        results["search"] = replay.replay(table, load_space(record.GRID), args.seeds, asha_settings(trial))
+        results["search"] = replay.replay(table, load_space(record.GRID), args.seeds, asha_settings(trial),
+                                          **search_settings(trial))
         results["search"]["grid_size"] = len(record.grid_configs())
         _say(f"cost ratio vs random {results['search']['cost_ratio_vs_random']}")
     if "gpu" in parts:
@@ -103,6 +104,14 @@ def asha_settings(trial: dict[str, Any]) -> dict[str, Any]:
     reports = math.ceil(int(trial["steps"]) / int(trial["eval_every"]))
     return {"max_t": reports + 2, "grace_period": int(raw.get("grace_period", 2)),
             "reduction_factor": float(raw.get("reduction_factor", 3))}  # fmt: skip
+
+
+def search_settings(trial: dict[str, Any]) -> dict[str, Any]:
+    """The default sweep's method floor and the steps it validates at (the replay reads the curve there)."""
+    raw = yaml.safe_load((HERE.parent / "sweeps" / "configs" / "default.yaml").read_text())
+    steps, every = int(trial["steps"]), int(trial["eval_every"])
+    return {"min_adapter_configs": int(raw.get("min_adapter_configs", 3)),
+            "report_steps": tuple(sorted({*range(every, steps + 1, every), steps}))}  # fmt: skip
 
 
 def goals(results: dict[str, Any]) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def _curve(saved: Path) -> list[dict[str, Any]]:
 
 
 def _first_points(space: Any) -> list[dict[str, Any]]:
-    from sweeps.tune_run import first_points
+    from sweeps.search import first_points
 
     return first_points(space)
 

@@ -1,12 +1,16 @@
 """Search efficiency, replayed against the recorded table (bench/record/trials.jsonl).
 
 Three searches spend the same budget on the same table, one trial at a time as the default sweep runs:
-- ours: Optuna's TPE (the sampler the sweep gives Ray's OptunaSearch, sweeps/tune_run.tpe_sampler) over
-  bench/grid.yaml, starting from the sweep's first points, with Ray Tune's own ASHAScheduler deciding from
-  each recorded validation curve whether the trial would have been stopped at a rung (a stopped trial
-  costs what it had spent at that report, and gets no test score);
+- ours: the sweep's own search (sweeps/search.py): Optuna's TPE from the sweep's first points, with the
+  method floors (proposals take an adapter method until `min_adapter_configs` adapter configurations have
+  completed), over bench/grid.yaml; Ray Tune's own ASHAScheduler, behind the sweep's floor rule, decides
+  from each recorded validation curve whether the trial would have been stopped at a rung (a stopped
+  trial costs what it had spent at that report, gets no test score, and is told to Optuna as pruned);
 - random: the grid's configurations in a random order, each trained to the end;
 - grid: the grid in its file order, each trained to the end (the same for every seed).
+
+The curve is read at the validation steps the default sweep makes (`report_steps`): the table is recorded
+with a validation every 20 steps, the sweep may validate less often. Costs are the recorded ones.
 
 At every dollar spent, a search's answer is the finished run with the best validation score, and its
 score is that run's test quality. `dollars_to_target` is what a search spends until its answer reaches
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -42,16 +46,23 @@ class Row:
 @dataclass(frozen=True)
 class Outcome:
     cost: float  # what the trial cost
-    val: float  # its last validation score (what the searcher is told)
+    val: float  # its last validation score
     finished: bool  # ran to the end and got a test score
+    reports: int = 0  # validation reports it made (what Optuna is told as intermediate values)
 
 
-def rows_from_table(table: list[dict[str, Any]]) -> list[Row]:
+def rows_from_table(table: list[dict[str, Any]], report_steps: tuple[int, ...] | None = None) -> list[Row]:
     """Rows with their costs: CPU-time cost where recorded (what the trial costs on a quiet machine),
-    else the wall-time cost."""
+    else the wall-time cost. With `report_steps`, only the validations at those steps."""
     rows = []
     for r in table:
         curve = sorted(r["curve"], key=lambda p: p["step"])
+        if report_steps is not None:
+            missing = sorted(set(report_steps) - {p["step"] for p in curve})
+            if missing:
+                raise ValueError(f"{r['key']}: no recorded validation at step(s) {missing}: record the table "
+                                 "at the default sweep's trial settings (make bench-record)")  # fmt: skip
+            curve = [p for p in curve if p["step"] in report_steps]
         rows.append(Row(
             key=r["key"], config=r["config"],
             vals=tuple(float(p["val_quality"]) for p in curve), costs=tuple(_cost(p) for p in curve),
@@ -64,22 +75,45 @@ def _cost(point: dict[str, Any]) -> float:
     return float(point.get("cpu_cost_usd", point["cost_usd"]))
 
 
-def run_trial(row: Row, scheduler: Any | None, trial_id: str) -> Outcome:
-    """Play one recorded trial, report by report, past the scheduler."""
+def run_trial(row: Row, scheduler: Any | None, trial_id: str, trials: list[Any] | None = None) -> Outcome:
+    """Play one recorded trial, report by report, past the scheduler. `trials` is the sweep so far as Ray
+    Tune's trials (what the floor rule counts); this one is added to it."""
     if scheduler is None:
-        return Outcome(row.cost, row.val, True)
+        return Outcome(row.cost, row.val, True, len(row.vals))
+    from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    trial = SimpleNamespace(trial_id=trial_id)
-    scheduler.on_trial_add(None, trial)
+    trials = [] if trials is None else trials
+    trial = SimpleNamespace(trial_id=trial_id, config=dict(row.config), status=Trial.RUNNING, last_result={})
+    trials.append(trial)
+    controller = SimpleNamespace(get_trials=lambda: trials)
+    scheduler.on_trial_add(controller, trial)
     for i, val in enumerate(row.vals, 1):
-        action = scheduler.on_trial_result(None, trial, {"training_iteration": i, "val_quality": val})
+        result = {"training_iteration": i, "val_quality": val, "phase": "train"}
+        action = scheduler.on_trial_result(controller, trial, result)
+        trial.last_result = result
         if action == TrialScheduler.STOP and i < len(row.vals):
-            scheduler.on_trial_remove(None, trial)
-            return Outcome(row.costs[i - 1], val, False)
+            scheduler.on_trial_complete(controller, trial, result)  # Tune's stop_trial for a running trial
+            trial.status = Trial.TERMINATED
+            return Outcome(row.costs[i - 1], val, False, i)
     # The final report (its test score) comes one iteration after the last validation, as in trainable.py.
-    scheduler.on_trial_complete(None, trial, {"training_iteration": len(row.vals) + 1, "val_quality": row.val})
-    return Outcome(row.cost, row.val, True)
+    final = {"training_iteration": len(row.vals) + 1, "val_quality": row.val, "phase": "final"}
+    scheduler.on_trial_complete(controller, trial, final)
+    trial.status, trial.last_result = Trial.TERMINATED, final
+    return Outcome(row.cost, row.val, True, len(row.vals))
+
+
+def tell(study: Any, trial: Any, row: Row, outcome: Outcome) -> None:
+    """What the sweep's searcher tells Optuna (sweeps.search.TellPruned around Ray's OptunaSearch): every
+    validation report as an intermediate value; a finished trial's final score, or a stopped one as pruned."""
+    import optuna
+
+    for i, val in enumerate(row.vals[: outcome.reports], 1):
+        trial.report(val, i)
+    if outcome.finished:
+        study.tell(trial, outcome.val)
+    else:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
 
 
 def answers(order: list[tuple[Row, Outcome]]) -> list[tuple[float, float | None]]:
@@ -93,24 +127,28 @@ def answers(order: list[tuple[Row, Outcome]]) -> list[tuple[float, float | None]
     return out
 
 
-def search_ours(rows: list[Row], space: Any, seed: int, budget: float, asha: dict[str, Any]) -> list[Any]:
+def search_ours(rows: list[Row], space: Any, seed: int, budget: float, asha: dict[str, Any],
+                min_adapter_configs: int = 3) -> list[Any]:  # fmt: skip
     import numpy as np
     import optuna
     from ray.tune.schedulers import ASHAScheduler
 
-    from sweeps.tune_run import first_points, tpe_sampler
+    from sweeps import pruning, search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     np.random.seed(seed)  # ASHA draws a bracket with numpy (one bracket here, but keep it reproducible)
     by_key = {r.key: r for r in rows}
-    points = first_points(space)
-    study = optuna.create_study(direction="maximize", sampler=tpe_sampler(len(points), seed))
+    points = search.first_points(space)
+    floors = search.method_floors(space.method_names, min_adapter_configs)
+    study = optuna.create_study(direction="maximize", sampler=search.sampler(len(points), floors, seed))
     for point in points:
         study.enqueue_trial(point)
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_quality", mode="max", **asha)
+    asha_scheduler = ASHAScheduler(time_attr="training_iteration", metric=search.METRIC, mode="max", **asha)
+    scheduler = pruning.FloorScheduler(asha_scheduler, floors, announce=False) if floors else asha_scheduler
     rng = random.Random(seed)
     played: list[tuple[Row, Outcome]] = []
-    told: dict[str, float] = {}
+    trials: list[Any] = []
+    told: dict[str, Outcome] = {}
     spent, repeats = 0.0, 0
     while spent < budget and len(told) < len(rows):
         trial = study.ask()
@@ -118,20 +156,23 @@ def search_ours(rows: list[Row], space: Any, seed: int, budget: float, asha: dic
         if key in told or key not in by_key:
             # Already run (or not in the table): the searcher learns nothing new and nothing is spent.
             if key in told:
-                study.tell(trial, told[key])
+                tell(study, trial, by_key[key], replace(told[key], reports=0))
             else:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             repeats += 1
             if repeats >= MAX_REPEATS:
                 fresh = [r for r in rows if r.key not in told]
+                # A floor still unmet decides the method here too, as it would have in the sampler.
+                method = search.forced_method(study.get_trials(deepcopy=False), space.method_names, floors)
+                fresh = [r for r in fresh if r.config["method"] == method] or fresh
                 study.enqueue_trial(space.search_params(rng.choice(fresh).config))
                 repeats = 0
             continue
         repeats = 0
         row = by_key[key]
-        outcome = run_trial(row, scheduler, f"t{len(played)}")
-        study.tell(trial, outcome.val)
-        told[key] = outcome.val
+        outcome = run_trial(row, scheduler, f"t{len(played)}", trials)
+        tell(study, trial, row, outcome)
+        told[key] = outcome
         played.append((row, outcome))
         spent += outcome.cost
     return answers(played)
@@ -154,7 +195,7 @@ def _within(order: list[Row], budget: float) -> list[tuple[Row, Outcome]]:
     for row in order:
         if spent >= budget:
             break
-        outcome = Outcome(row.cost, row.val, True)
+        outcome = Outcome(row.cost, row.val, True, len(row.vals))
         played.append((row, outcome))
         spent += outcome.cost
     return played
@@ -178,8 +219,8 @@ def regret_at(trace: list[tuple[float, float | None]], dollars: float, best: flo
 
 
 def replay(table: list[dict[str, Any]], space: Any, seeds: int = 20, asha: dict[str, Any] | None = None,
-           ) -> dict[str, Any]:  # fmt: skip
-    rows = rows_from_table(table)
+           min_adapter_configs: int = 3, report_steps: tuple[int, ...] | None = None) -> dict[str, Any]:  # fmt: skip
+    rows = rows_from_table(table, report_steps)
     if not rows:
         raise ValueError("the recorded table is empty: run `make bench-record` first")
     best = max(r.test for r in rows)
@@ -187,7 +228,7 @@ def replay(table: list[dict[str, Any]], space: Any, seeds: int = 20, asha: dict[
     budget = sum(r.cost for r in rows)  # the whole grid, once
     asha = asha or {}
     traces: dict[str, list[Any]] = {
-        "ours": [search_ours(rows, space, s, budget, asha) for s in range(seeds)],
+        "ours": [search_ours(rows, space, s, budget, asha, min_adapter_configs) for s in range(seeds)],
         "random": [search_random(rows, s, budget) for s in range(seeds)],
         "grid": [search_grid(rows, space, budget)] * seeds,
     }

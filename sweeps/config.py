@@ -39,6 +39,9 @@ class SweepConfig:
     estimate_trial_seconds: float = 600  # projected cost of the first trial, before any trial has finished
     grace_period: int = 2  # ASHA: reports (validation rounds) before a trial may be pruned
     reduction_factor: float = 3
+    # Completed adapter (lora/qlora) configurations the method decision needs: proposals take an adapter
+    # method and ASHA keeps adapter trials until there are this many (sweeps/search.py); 0 turns it off.
+    min_adapter_configs: int = 3
     storage: str = "runs/sweeps"  # Ray Tune's storage path (a shared path or bucket on a cluster)
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     price_per_hour: float | None = None  # USD per trial-hour; overrides the price catalog
@@ -138,6 +141,10 @@ def _check(cfg: SweepConfig) -> list[str]:
         value = getattr(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             p.append(f"{s}: {key}: {value!r}: must be a positive whole number")
+    value = cfg.min_adapter_configs
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        p.append(f"{s}: min_adapter_configs: {value!r}: must be a whole number >= 0 (3 by default; 0 turns the "
+                 "per-method minimum off)")  # fmt: skip
     for key in ("estimate_trial_seconds", "reduction_factor"):
         value = getattr(cfg, key)
         if (

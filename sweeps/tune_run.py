@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import fcntl
 import hashlib
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -24,10 +23,10 @@ BASELINE_ID = "baseline"
 def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote: Any, root: Path,
             resume: bool) -> int:  # fmt: skip
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
+    from sweeps import pruning
+    from sweeps import search as sweep_search
     from sweeps.budget import BudgetLedger, BudgetSearcher, BudgetStopper, BudgetSync
     from sweeps.mlflow_callback import MLflowTrialLogger
     from sweeps.progress import SweepProgress, print_start_banner
@@ -88,25 +87,17 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
             param_space=param_space(cfg, base),
         )
     else:
-        points = first_points(space)
-        searcher = OptunaSearch(
-            space=space.define_by_run,
-            metric="val_quality",
-            mode="max",
-            points_to_evaluate=points,
-            sampler=tpe_sampler(len(points)),
-        )
+        # TPE from the first points and ASHA, with the method floors of sweeps/search.py.
+        searcher = sweep_search.searcher(space, cfg.min_adapter_configs)
         search = BudgetSearcher(
             ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency), ledger, cfg.max_trials
         )
-        steps = int(base.get("steps", 80))
-        reports = max(1, math.ceil(steps / int(base.get("eval_every", 20))))
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=reports + 2,  # past the final report: ASHA stops a trial when it reaches max_t
-            grace_period=cfg.grace_period,
-            reduction_factor=cfg.reduction_factor,
-        )
+        floors = sweep_search.method_floors(space.method_names, cfg.min_adapter_configs)
+        scheduler = pruning.scheduler(int(base.get("steps", 80)), int(base.get("eval_every", 20)),
+                                      cfg.grace_period, cfg.reduction_factor, floors)  # fmt: skip
+        note = sweep_search.floor_note(floors, cfg.max_trials)
+        if note:
+            console.print(note)
         tuner = tune.Tuner(
             trainable_with_resources,
             param_space=param_space(cfg, base),
@@ -146,39 +137,6 @@ def tracking_client(uri: str) -> Any:
 
 def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # Ray's default name spells out the config and runs past 200 chars
-
-
-def first_points(space: Any) -> list[dict[str, Any]]:
-    """The production default first, then the same settings under each other method (full fine-tuning at
-    1e-5, the guides' usual rate), so a short sweep measures every method before TPE takes over."""
-    points = list(space.points_to_evaluate())
-    default = dict(space.default or {})
-    for method in space.method_names:
-        if not default or method == default.get("method"):
-            continue
-        if method == "full":
-            candidate = {"method": "full", "learning_rate": 1e-5}
-        else:
-            candidate = {**default, "method": method}
-        if not space.check_point(candidate):
-            points.append(space.search_params(candidate))
-    return points
-
-
-def tpe_sampler(first_points: int, seed: int | None = None) -> Any:
-    """Optuna's TPE, modelling the results from the trial after the first points on.
-
-    TPE's default is 10 random start-up trials on top of them: a short sweep (a $30 default sweep runs
-    about 6 trials) would then never leave random sampling. Replayed on the recorded grid, starting after
-    the 3 first points needed 0.72x the dollars of the default to reach 95% of the best test quality
-    (bench/REPORT.md).
-    """
-    import optuna
-
-    return optuna.samplers.TPESampler(n_startup_trials=max(MIN_STARTUP_TRIALS, first_points), seed=seed)
-
-
-MIN_STARTUP_TRIALS = 3  # without first points, a few random trials before TPE's first model
 
 
 def trial_base(cfg: sweep_config.SweepConfig) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_tpe_models_from_the_trial_after_the_first_points() -> None:
     in: TPE's default of 10 random start-up trials would outlast a short sweep."""
     import optuna
 
-    from sweeps.tune_run import first_points, tpe_sampler
+    from sweeps.search import first_points, tpe_sampler
 
     points = first_points(load_space(record.GRID))
     assert len(points) == 3
