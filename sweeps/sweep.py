@@ -86,8 +86,10 @@ def resume(name: str, storage: str = "runs/sweeps") -> int:
 def _exists(name: str, root: Path) -> str:
     running = driver_lock.holder(root)
     now = f"; it is running now ({driver_lock.describe(running)})" if running is not None else ""
-    return (f"sweep {name!r} already exists in {root}{now}: continue it with `make resume NAME={name}` "
-            f"(sweepboard resume {name}), or start a new one with another NAME; nothing is overwritten")
+    return (
+        f"sweep {name!r} already exists in {root}{now}: continue it with `make resume NAME={name}` "
+        f"(sweepboard resume {name}), or start a new one with another NAME; nothing is overwritten"
+    )
 
 
 def _check_task(cfg: sweep_config.SweepConfig, space: Any, problems: list[str]) -> None:

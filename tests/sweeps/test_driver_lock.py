@@ -70,9 +70,9 @@ def test_a_killed_drivers_lock_is_taken_over_and_a_clean_end_is_not(
     with driver_lock.hold(root, "resume locked") as record:
         assert record["pid"] == os.getpid()
         assert driver_lock.holder(root) == record  # held, and readable by others
-        with pytest.raises(driver_lock.DriverBusy, match=f"pid {os.getpid()} on host"):
-            with driver_lock.hold(root, "resume locked"):  # a second open file description: refused too
-                pass
+        busy = pytest.raises(driver_lock.DriverBusy, match=f"pid {os.getpid()} on host")
+        with busy, driver_lock.hold(root, "resume locked"):  # another open file description: refused too
+            pass
     err = capfd.readouterr().err
     assert f"taking over sweep 'locked' from a driver that is gone (pid {holder.pid} on host" in err
     assert driver_lock.read(root / driver_lock.LOCK_FILE)["ended"]  # type: ignore[index]
@@ -86,9 +86,9 @@ def test_another_hosts_fresh_record_is_refused_even_where_flock_lets_us_in(tmp_p
     path = root / driver_lock.LOCK_FILE
     other = {"pid": 4242, "host": "gpu-node-7", "command": "resume locked", "started": "2026-01-01T00:00:00"}
     path.write_text(json.dumps(other))  # as a driver on another host writes it over NFS, no flock seen here
-    with pytest.raises(driver_lock.DriverBusy, match="pid 4242 on host gpu-node-7.*touched 0 s ago"):
-        with driver_lock.hold(root, "resume locked"):
-            pass
+    busy = pytest.raises(driver_lock.DriverBusy, match="pid 4242 on host gpu-node-7.*touched 0 s ago")
+    with busy, driver_lock.hold(root, "resume locked"):
+        pass
     assert json.loads(path.read_text()) == other  # a refused driver writes nothing
     stale = time.time() - driver_lock.STALE_S - 5
     os.utime(path, (stale, stale))  # that host stopped beating: its driver is gone
