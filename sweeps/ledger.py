@@ -311,9 +311,10 @@ def close_books(root: str | Path, ledger: BudgetLedger | None = None) -> float:
 
 def stored_trials(root: str | Path) -> dict[str, dict[str, Any]]:
     """Per trial id, {cost, carried} from the result.json Ray keeps in each trial folder (appended to by
-    every attempt, also after a resume; a torn last line from a killed driver is skipped)."""
+    every attempt, also after a resume; a torn last line from a killed driver is skipped). Every trial
+    folder counts, also one Ray's last experiment snapshot does not know (started just before a kill)."""
     trials: dict[str, dict[str, Any]] = {}
-    for results in sorted(Path(root).glob("trial_*/result.json")):
+    for results in sorted(Path(root).glob("*/result.json")):  # trial_ID/ here; Ray's own names elsewhere
         entry = {"cost": 0.0, "carried": 0.0, "step": 0.0}
         trial_id = results.parent.name.removeprefix("trial_")
         for line in results.read_text(encoding="utf-8", errors="replace").splitlines():
