@@ -29,7 +29,6 @@ from sweeps.ledger import (  # noqa: F401  re-exported: the sweep and tests impo
     BudgetError,
     BudgetLedger,
     _shared_ledger,
-    check_affordable,
     result_cost,
     usd,
     validate_budget,
@@ -127,14 +126,17 @@ class BudgetSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED
         if self.max_trials is not None and len(self.ledger.trials) >= self.max_trials:
             self.why_waiting = f"max_trials {self.max_trials} reached"
+            self.ledger.ended_because = self.why_waiting
             return Searcher.FINISHED  # type: ignore[return-value]
         fits, why = self.ledger.admits()
         if not fits:
             self.why_waiting = why
             # Running trials may finish below their projection and free money; with none running and
             # nothing fitting, waiting cannot help.
-            running = self.ledger.running() and not self.ledger.stop_requested
-            return None if running else Searcher.FINISHED  # type: ignore[return-value]
+            if self.ledger.running() and not self.ledger.stop_requested:
+                return None
+            self.ledger.ended_because = f"the budget: {why}"
+            return Searcher.FINISHED  # type: ignore[return-value]
         suggestion = self.searcher.suggest(trial_id)
         if isinstance(suggestion, dict):
             self.ledger.open(trial_id)
@@ -210,7 +212,12 @@ class BudgetStopper(Stopper):
         self._signalled = True
 
     def stop_all(self) -> bool:
-        return self.ledger.exhausted()
+        if not self.ledger.exhausted():
+            return False
+        self.ledger.ended_because = (
+            f"the budget: {usd(self.ledger.spent())} of {usd(self.ledger.budget_usd)} spent"
+        )
+        return True
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_signal": None, "_signalled": False}

@@ -14,8 +14,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tracking.prices import PriceQuote
-
 BUDGET_EXAMPLE = "pass e.g. --budget 30"
 _LEDGERS: dict[str, BudgetLedger] = {}  # ledger uid -> its one instance in this process
 
@@ -48,17 +46,6 @@ def validate_budget(value: object) -> float:
     return amount
 
 
-def check_affordable(budget_usd: float, projected_trial_usd: float, quote: PriceQuote | None = None) -> None:
-    """Refuse a sweep whose budget cannot pay for even one trial, before anything is spent."""
-    if budget_usd < projected_trial_usd:
-        price = f" at {usd(quote.usd_per_hour)}/h" if quote is not None else ""
-        raise BudgetError(
-            f"budget {usd(budget_usd)} is below one trial's projected cost "
-            f"{usd(projected_trial_usd)}{price}: raise --budget, or lower estimate_trial_seconds in the "
-            "sweep config if trials are shorter than it projects"
-        )
-
-
 def result_cost(result: Mapping[str, Any] | None) -> float | None:
     """cost_usd of a Tune result, or None when the result carries none (e.g. Tune's own done marker)."""
     value = (result or {}).get("cost_usd")
@@ -67,15 +54,25 @@ def result_cost(result: Mapping[str, Any] | None) -> float | None:
     return None
 
 
+def add_report(entry: dict[str, Any], cost_usd: float) -> None:
+    """One more cost_usd report of a trial into its ledger entry. A restarted trial (a retried worker, a
+    resumed sweep) reports a lower cost_usd than before, whether it counts from zero or from its
+    checkpoint: the drop was spent by the lost attempt and is kept in `carried`."""
+    if cost_usd < entry["cost"]:
+        entry["carried"] += entry["cost"] - cost_usd
+    elif cost_usd > entry["cost"]:
+        entry["step"] = cost_usd - entry["cost"]  # one report interval, for the stop margin
+    entry["cost"] = float(cost_usd)
+
+
 class BudgetLedger:
     """What each trial has cost, and whether one more trial fits in what is left.
 
-    Per trial: `cost` (the last cost_usd it reported), `carried`, `step` (its last report interval's
-    cost), `finished`, `final` (it reached its final evaluation, i.e. was not pruned) and `restart`.
-    A restarted trial (a retried worker, a resumed sweep) reports a lower cost_usd than before, whether
-    it counts from zero or from its checkpoint; the drop was spent by the lost attempt and is kept in
-    `carried`. Either way the ledger then misses at most the new attempt's first report interval and
-    never counts anything twice.
+    Per trial: `cost` (the last cost_usd it reported), `carried` (see add_report), `step` (its last
+    report interval's cost), `finished`, `final` (it reached its final evaluation, i.e. was not pruned)
+    and `restart`. A restarted trial's ledger misses at most the new attempt's first report interval and
+    never counts anything twice. The baseline (the base model's evaluation, before any trial) is paid out
+    of the same budget: `spent()` is the sweep's whole spend.
     """
 
     def __init__(
@@ -84,8 +81,12 @@ class BudgetLedger:
         estimate_usd: float,
         reserve_usd: float = 0.0,
         path: str | Path | None = None,
+        baseline_usd: float = 0.0,
     ) -> None:
         self.budget_usd = validate_budget(budget_usd)
+        if not (math.isfinite(baseline_usd) and baseline_usd >= 0):
+            raise BudgetError(f"baseline_usd: {baseline_usd!r}: give the baseline evaluation's cost, >= 0")
+        self.baseline_usd = float(baseline_usd)
         if not (math.isfinite(estimate_usd) and estimate_usd > 0):
             raise BudgetError(f"estimate_usd: {estimate_usd!r}: give a positive projected cost of one trial")
         if not (math.isfinite(reserve_usd) and reserve_usd >= 0):
@@ -94,6 +95,7 @@ class BudgetLedger:
         self.reserve_usd = float(reserve_usd)
         self.path = str(path) if path is not None else None
         self.stop_requested = False
+        self.ended_because: str | None = None  # why no more trials start, once none will
         self.trials: dict[str, dict[str, Any]] = {}
         self._saved_at = 0.0
         self.uid = uuid.uuid4().hex
@@ -110,11 +112,7 @@ class BudgetLedger:
         self.open(trial_id)
         entry = self.trials[trial_id]
         if cost_usd is not None:
-            if cost_usd < entry["cost"]:
-                entry["carried"] += entry["cost"] - cost_usd
-            elif cost_usd > entry["cost"]:
-                entry["step"] = cost_usd - entry["cost"]  # one report interval, for the stop margin
-            entry["cost"] = float(cost_usd)
+            add_report(entry, cost_usd)
             entry["restart"] = False
         entry["finished"] = entry["finished"] or finished
         entry["final"] = entry["final"] or final
@@ -131,7 +129,7 @@ class BudgetLedger:
         return entry["cost"] + entry["carried"] if entry else 0.0
 
     def spent(self) -> float:
-        return sum(self.trial_cost(trial_id) for trial_id in self.trials)
+        return self.baseline_usd + sum(self.trial_cost(trial_id) for trial_id in self.trials)
 
     def running(self) -> list[str]:
         return [trial_id for trial_id, entry in self.trials.items() if not entry["finished"]]
@@ -215,6 +213,8 @@ class BudgetLedger:
     def merge(self, state: Mapping[str, Any]) -> None:
         """Another record of the same sweep: per trial the larger total wins; a stop stays requested."""
         self.stop_requested = self.stop_requested or bool(state["stop_requested"])
+        self.baseline_usd = max(self.baseline_usd, float(state.get("baseline_usd", 0.0)))
+        self.ended_because = self.ended_because or state.get("ended_because")
         for trial_id, other in state["trials"].items():
             mine = self.trials.get(trial_id)
             if mine is None or other["cost"] + other["carried"] > mine["cost"] + mine["carried"]:
@@ -228,7 +228,9 @@ class BudgetLedger:
             "estimate_usd": self.estimate_usd,
             "reserve_usd": self.reserve_usd,
             "stop_requested": self.stop_requested,
-            "spent_usd": self.spent(),  # for people reading the file; recomputed on load
+            "ended_because": self.ended_because,
+            "baseline_usd": self.baseline_usd,
+            "spent_usd": self.spent(),  # the sweep's spend, baseline included; recomputed on load
             "trials": {trial_id: dict(entry) for trial_id, entry in self.trials.items()},
         }
 
@@ -238,6 +240,8 @@ class BudgetLedger:
         self.estimate_usd = float(state["estimate_usd"])
         self.reserve_usd = float(state["reserve_usd"])
         self.stop_requested = bool(state["stop_requested"])
+        self.ended_because = state.get("ended_because")
+        self.baseline_usd = float(state.get("baseline_usd", 0.0))
         self.trials = {str(k): dict(v) for k, v in state["trials"].items()}
 
     @classmethod
@@ -281,3 +285,52 @@ def _shared_ledger(uid: str, state: dict[str, Any]) -> BudgetLedger:
         ledger.__dict__.update(state)
         _LEDGERS[uid] = ledger
     return _LEDGERS[uid]
+
+
+def sweep_spent(root: str | Path) -> float:
+    """The sweep's spent total, THE one figure: the baseline's cost plus, per trial, what Ray's storage says
+    it cost (every result it reported, over all its attempts, summed as the ledger sums them). The
+    parent run's spent_usd, `sweepboard sync` and the ledger file (after close_books) all report it."""
+    return _baseline_cost(Path(root)) + sum(e["cost"] + e["carried"] for e in stored_trials(root).values())
+
+
+def close_books(root: str | Path, ledger: BudgetLedger | None = None) -> float:
+    """At the end of a drive: make the ledger file agree with Ray's storage, and return sweep_spent(root).
+    The file is the newest record (Tune's own ledger writes it, which after a restore is not `ledger`)."""
+    path = Path(root) / "budget.json"
+    book = BudgetLedger.load(path) if path.is_file() else ledger
+    if book is None:
+        return sweep_spent(root)
+    for trial_id, stored in stored_trials(root).items():
+        book.open(trial_id)
+        book.trials[trial_id].update(cost=stored["cost"], carried=stored["carried"])
+    book.baseline_usd = _baseline_cost(Path(root))
+    book.save(path)
+    return book.spent()
+
+
+def stored_trials(root: str | Path) -> dict[str, dict[str, Any]]:
+    """Per trial id, {cost, carried} from the result.json Ray keeps in each trial folder (appended to by
+    every attempt, also after a resume; a torn last line from a killed driver is skipped). Every trial
+    folder counts, also one Ray's last experiment snapshot does not know (started just before a kill)."""
+    trials: dict[str, dict[str, Any]] = {}
+    for results in sorted(Path(root).glob("*/result.json")):  # trial_ID/ here; Ray's own names elsewhere
+        entry = {"cost": 0.0, "carried": 0.0, "step": 0.0}
+        trial_id = results.parent.name.removeprefix("trial_")
+        for line in results.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            trial_id = str(result.get("trial_id") or trial_id)
+            if (cost := result_cost(result)) is not None:
+                add_report(entry, cost)
+        trials[trial_id] = entry
+    return trials
+
+
+def _baseline_cost(root: Path) -> float:
+    metrics = root / "baseline" / "metrics.json"  # tune_run.BASELINE_ID; written by the baseline's trial
+    if not metrics.is_file():
+        return 0.0
+    return result_cost(json.loads(metrics.read_text(encoding="utf-8"))) or 0.0

@@ -162,6 +162,9 @@ class SweepProgress(Callback):
         if self._live is not None:
             self._live.stop()
             self._live = None
+        if self.ledger is not None:  # why the sweep ends here: the budget, max_trials, or all trials ran
+            why = getattr(self.ledger, "ended_because", None) or f"all {len(trials)} trial(s) ran"
+            self.console.print(f"no more trials: {why}", markup=False, highlight=False, soft_wrap=True)
 
     def show(self, trials: list[Any], force: bool = False) -> None:
         now = time.monotonic()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import config as sweep_config
+from sweeps import driver_lock
 from sweeps.ledger import BudgetError, usd, validate_budget  # no Ray before the checks pass
 from trainers.config import ConfigError
 
@@ -31,10 +32,7 @@ def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
         _collect(problems, lambda: _check_tracking(cfg))
         root = Path(cfg.storage).resolve() / cfg.name
         if root.exists():
-            problems.append(
-                f"sweep {cfg.name!r} already exists in {root}: continue it with `make resume NAME={cfg.name}` "
-                f"(sweepboard resume {cfg.name}), or start a new one with another NAME; nothing is overwritten"
-            )
+            problems.append(_exists(cfg.name, root))
         _check_task(cfg, space, problems)
         if budget_usd is not None and quote is not None and space is not None:
             first = quote.usd_per_hour * cfg.estimate_trial_seconds / 3600
@@ -48,12 +46,16 @@ def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
     if problems:
         raise ConfigError(problems)
     assert cfg is not None and budget_usd is not None and quote is not None and space is not None
-    root.mkdir(parents=True)
-    state = {"config": asdict(cfg), "budget_usd": budget_usd, "space_source": space.source}
-    (root / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
-    from sweeps.tune_run import execute
+    try:
+        root.mkdir(parents=True)  # not exist_ok: of two `sweep`s of one name at once, exactly one creates it
+    except FileExistsError:
+        raise ConfigError([_exists(cfg.name, root)]) from None
+    with driver_lock.hold(root, f"sweep --name {cfg.name}"):  # before anything is spent
+        state = {"config": asdict(cfg), "budget_usd": budget_usd, "space_source": space.source}
+        (root / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+        from sweeps.tune_run import execute
 
-    return execute(cfg, budget_usd, space, quote, root, resume=False)
+        return execute(cfg, budget_usd, space, quote, root, resume=False)
 
 
 def resume(name: str, storage: str = "runs/sweeps") -> int:
@@ -67,17 +69,27 @@ def resume(name: str, storage: str = "runs/sweeps") -> int:
                 f"start it with `make sweep BUDGET=... NAME={name}`"
             ]
         )
-    state = json.loads(state_file.read_text())
-    raw = dict(state["config"])
-    source = raw.pop("source", str(state_file))
-    raw["resources"] = {m: dict(r) for m, r in raw["resources"].items()}
-    cfg = sweep_config.build(raw, source)
-    space = _load_space(state["space_source"])
-    quote = _quote(cfg)
-    _check_tracking(cfg)
-    from sweeps.tune_run import execute
+    with driver_lock.hold(root, f"resume {name}"):  # one driver per sweep; refused before anything is spent
+        state = json.loads(state_file.read_text())
+        raw = dict(state["config"])
+        source = raw.pop("source", str(state_file))
+        raw["resources"] = {m: dict(r) for m, r in raw["resources"].items()}
+        cfg = sweep_config.build(raw, source)
+        space = _load_space(state["space_source"])
+        quote = _quote(cfg)
+        _check_tracking(cfg)
+        from sweeps.tune_run import execute
 
-    return execute(cfg, float(state["budget_usd"]), space, quote, root, resume=True)
+        return execute(cfg, float(state["budget_usd"]), space, quote, root, resume=True)
+
+
+def _exists(name: str, root: Path) -> str:
+    running = driver_lock.holder(root)
+    now = f"; it is running now ({driver_lock.describe(running)})" if running is not None else ""
+    return (
+        f"sweep {name!r} already exists in {root}{now}: continue it with `make resume NAME={name}` "
+        f"(sweepboard resume {name}), or start a new one with another NAME; nothing is overwritten"
+    )
 
 
 def _check_task(cfg: sweep_config.SweepConfig, space: Any, problems: list[str]) -> None:

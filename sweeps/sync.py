@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from sweeps.ledger import sweep_spent
 from sweeps.mlflow_callback import (
     CURVE_METRICS,
     INTERRUPTED,
@@ -98,7 +99,7 @@ def sync(name: str, storage: str = "runs/sweeps", tracking_uri: str | None = Non
     else:
         parent_id = parent.info.run_id
     counts = Counter(sync_run(client, experiment_id, parent_id, record) for record in records)
-    spent = sum(record.cost() for record in records)
+    spent = sweep_spent(root)  # the one figure: the parent's spent_usd and the ledger file say the same
     parent_changed = sync_parent(client, parent_id, spent, bool(counts["created"] + counts["updated"]), root,
                                  name, uri)  # fmt: skip
     print(f"sync {name}: {len(records)} run(s) from {root} into {uri} (experiment {name!r}): "

@@ -49,8 +49,8 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
 
     baseline_cost = run_baseline(cfg, base, client, parent, quote) if cfg.baseline else 0.0
     # The baseline is paid for out of the same budget; trials get what is left.
-    ledger = BudgetLedger(max(budget_usd - baseline_cost, 1e-9), estimate_usd=estimate,
-                          reserve_usd=estimate * 0.15, path=root / "budget.json")  # fmt: skip
+    ledger = BudgetLedger(budget_usd, estimate_usd=estimate, reserve_usd=estimate * 0.15,
+                          path=root / "budget.json", baseline_usd=baseline_cost)  # fmt: skip
 
     # Tune snapshots its experiment state every 10 s instead of its default, so a killed driver loses
     # little: a stale snapshot can re-run trials that had finished (and pay for them twice).
@@ -66,7 +66,7 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     callbacks = [
         BudgetSync(ledger, cfg.name),
         MLflowTrialLogger(uri, cfg.name, parent, git_commit()),
-        SweepProgress(console, ledger, baseline_cost=baseline_cost),
+        SweepProgress(console, ledger),  # the ledger counts the baseline
     ]
     run_config = tune.RunConfig(
         name=cfg.name,
@@ -210,16 +210,12 @@ def run_baseline(
 def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, ledger: Any,
            baseline_cost: float, root: Path, uri: str) -> None:  # fmt: skip
     from leaderboard import build, export_all
+    from sweeps.ledger import close_books
     from tracking import mlflow_store
 
-    # Tune's results are the record of what each trial spent (pruned and failed ones included); the
-    # in-process ledger is a fallback when fit() did not return (Ctrl-C).
-    if grid is None and (root / "budget.json").is_file():
-        from sweeps.budget import BudgetLedger
-
-        ledger = BudgetLedger.load(root / "budget.json")  # on resume, Tune's own (unpickled) ledger wrote it
-    trials_cost = ledger.spent() if grid is None else sum(_cost(r.metrics) for r in grid)
-    spent = trials_cost + baseline_cost
+    # The one spent figure (Ray's storage: every trial that reported, pruned, failed and lost attempts
+    # included, plus the baseline); the ledger file is made to agree, and `sync` reports the same.
+    spent = close_books(root, ledger)
     out_dir = root / "leaderboard"
     paths: list[Path] = []
     try:
@@ -231,7 +227,7 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, l
     except Exception as exc:  # the sweep's results are in MLflow either way; say why the board is missing
         console.print(f"[yellow]leaderboard not written: {exc}[/]")
     mlflow_store.finish_sweep_run(client, parent, {"spent_usd": spent}, [str(p) for p in paths])
-    console.print(f"spent ${spent:.4f} of ${ledger.budget_usd + baseline_cost:.2f}")
+    console.print(f"spent ${spent:.4f} of ${ledger.budget_usd:.2f}")
     failed = [r for r in grid if r.error] if grid is not None else []
     if failed:  # the sweep itself succeeded; say which trials did not and where to read why
         where = ", ".join(str(r.path) for r in failed[:3]) + (", ..." if len(failed) > 3 else "")
@@ -241,7 +237,3 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, l
         console.print(f"leaderboard: {out_dir}/leaderboard.{{csv,json,md,html}}")
     console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`")
 
-
-def _cost(metrics: dict[str, Any] | None) -> float:
-    value = (metrics or {}).get("cost_usd")
-    return float(value) if isinstance(value, (int, float)) else 0.0

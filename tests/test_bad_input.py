@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,6 +22,12 @@ from typing import Any
 
 import pytest
 import yaml
+
+# A port no server answers on, bound (never listening) for this process's life so nothing else takes it:
+# a fixed number such as 9 may have a listener on some machine.
+_REFUSED = socket.socket()
+_REFUSED.bind(("127.0.0.1", 0))
+REFUSED_PORT = _REFUSED.getsockname()[1]
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
@@ -251,8 +258,9 @@ CASES = [
     Case("model-no-weights", sweep_with_trial(lambda t: {"model": model_folder(t, LLAMA, ("tokenizer.json",))}),
          ("no weights in that folder", "model.save_pretrained(folder)")),
     # Tracking and resume.
-    Case("tracking-unreachable", lambda t: sweep("--config", "smoke", "--tracking-uri", "http://127.0.0.1:9"),
-         ("tracking URI http://127.0.0.1:9: no MLflow server answers", "start one")),
+    Case("tracking-unreachable",
+         lambda t: sweep("--config", "smoke", "--tracking-uri", f"http://127.0.0.1:{REFUSED_PORT}"),
+         (f"tracking URI http://127.0.0.1:{REFUSED_PORT}: no MLflow server answers", "start one")),
     Case("tracking-folder-missing",
          lambda t: sweep("--config", "smoke", "--tracking-uri", f"sqlite:///{t / 'nowhere' / 'mlflow.db'}"),
          ("nowhere does not exist", "create it")),

@@ -1,5 +1,7 @@
-"""A real `mlflow server` process for tests about the tracking server: SQLite behind it, one port for its
-life, so it can be killed (an outage) and started again on the same store."""
+"""A real `mlflow server` process for tests about the tracking server: SQLite behind it, so it can be killed
+(an outage) and started again on the same store. Each start takes a port the OS picks then, so a restarted
+server never re-binds a port it released (someone else may hold it by then); only a test about a server
+coming back at its own address asks for the same port, and a collision there fails the start loudly."""
 
 from __future__ import annotations
 
@@ -23,14 +25,20 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """`mlflow server` on a SQLite store, on one port for its life: it can be killed and started again."""
+    """`mlflow server` on a SQLite store: it can be killed and started again (on a new port, see start)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.port = folder, free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
-    def start(self) -> None:
+    def start(self, same_port: bool = False) -> None:
+        """Start it; after the first start on a fresh port (read `uri` again) unless `same_port`."""
+        if self.starts and not same_port:
+            self.port = free_port()
+            self.uri = f"http://127.0.0.1:{self.port}"
+        self.starts += 1
         mlflow_cli = Path(sys.executable).parent / "mlflow"
         with (self.folder / "server.log").open("a") as log:
             self.process = subprocess.Popen(
@@ -43,13 +51,17 @@ class MlflowServer:
         while True:
             try:
                 urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
-                return
+                answered = True
             except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    output = (self.folder / "server.log").read_text()[-3000:]
-                    self.kill()
-                    pytest.fail(f"mlflow server did not start:\n{output}")
-                time.sleep(0.5)
+                answered = False
+            time.sleep(0.5)
+            alive = self.process.poll() is None
+            if answered and alive:  # it answered, and it is ours (another process there would end ours)
+                return
+            if not alive or time.monotonic() > deadline:
+                output = (self.folder / "server.log").read_text()[-3000:]
+                self.kill()
+                pytest.fail(f"mlflow server did not start on port {self.port}:\n{output}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Stop the server and its workers (its own process group), at once by default: an outage."""

@@ -46,7 +46,7 @@ class ServerOutage(tune.Callback):
         if self.results == self.kill_at:
             self.server.kill()
         if self.results == self.restart_at:
-            self.server.start()
+            self.server.start(same_port=True)  # back at its address: the sweep's URI does not change
 
 
 def snapshot(client: MlflowClient) -> dict[str, Any]:
@@ -97,7 +97,8 @@ def test_trials_outlive_a_dead_server_and_sync_copies_the_rest(tmp_path, server,
     assert f"sweepboard sync demo --tracking-uri {server.uri}" in message and "make sync NAME=demo" in message
     assert message in capsys.readouterr().err  # printed at the end of the sweep
 
-    server.start()  # the same store, on the same port
+    server.start()  # the same store, on a port of its own (a released one may be taken by now)
+    client = MlflowClient(server.uri)
     before = trial_runs(client)
     assert not any("test_quality" in run.data.metrics for run in before.values())  # the finals were lost
     root = tmp_path / "ray" / "demo"

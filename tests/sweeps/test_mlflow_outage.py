@@ -130,7 +130,7 @@ def test_server_killed_mid_sweep_trials_train_on_and_sync_copies_the_rest(tmp_pa
     assert len(trials) == 4
     assert all(results[-1]["phase"] == "final" for results in trials.values())  # each trained to its end
 
-    server.start()  # the same store on the same port
+    server.start()  # the same store, on a port of its own (a released one may be taken by now)
     client = MlflowClient(server.uri)
     logged = {r.data.tags.get(names.TAG_TRIAL_ID): r for r in runs_of(client, "outage")}
     # The outage cost MLflow something: a trial without a run, or a run without its final test score.

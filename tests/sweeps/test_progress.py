@@ -72,9 +72,10 @@ def test_status_line_follows_a_real_tune_run(ray_session: Any, tmp_path: Path) -
     assert ledger.spent() == pytest.approx(0.06 + 0.03 + 0.02)  # pruned and failed trials cost too
 
     lines = plain.getvalue().splitlines()
-    assert lines[-1] == (
+    assert lines[-2] == (
         "spent $0.11 / $1.00 (11%) | trials: 1 done, 0 running, 1 pruned, 1 failed | best val_quality 0.8000"
     )
+    assert lines[-1] == "no more trials: all 3 trial(s) ran"  # no searcher: neither budget nor max_trials
     assert len(lines) < 3 * 5  # a line per change of counts/best/tenth of budget, not one per result
     assert len(lines) == len(set(lines))
     final_frame = live.getvalue().split("\x1b")[-3:]  # the Live redraws in place; its last frame
