@@ -168,7 +168,8 @@ class _Tee(io.TextIOBase):
 
 
 def _numeric_or_text(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("" if v is None else v) for k, v in metrics.items()}
+    """Scalars only: Tune's loggers reject lists (accuracy's label set); metrics.json keeps everything."""
+    return {k: ("" if v is None else v) for k, v in metrics.items() if not isinstance(v, (list, dict))}
 
 
 def _step(checkpoint: Path) -> int:

@@ -34,7 +34,7 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     from tracking import mlflow_store
 
     base = trial_base(cfg)
-    prepare(base)  # lock the test set and convert the model once, here, not in N racing trials
+    steps = prepare(base)  # lock the test set and convert the model once, here, not in N racing trials
 
     uri = sweep_config.tracking_uri(cfg)
     client = tracking_client(uri)
@@ -93,7 +93,7 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
             ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency), ledger, cfg.max_trials
         )
         floors = sweep_search.method_floors(space.method_names, cfg.min_adapter_configs)
-        scheduler = pruning.scheduler(int(base.get("steps", 80)), int(base.get("eval_every", 20)),
+        scheduler = pruning.scheduler(steps, int(base.get("eval_every", 20)),
                                       cfg.grace_period, cfg.reduction_factor, floors)  # fmt: skip
         note = sweep_search.floor_note(floors, cfg.max_trials)
         if note:
@@ -165,15 +165,17 @@ def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any]) -> dict[str
     return {"sweepboard_sweep": cfg.name, "sweepboard_root": root, "sweepboard_trial": {**base, **price}}
 
 
-def prepare(base: dict[str, Any]) -> None:
+def prepare(base: dict[str, Any]) -> int:
+    """Lock the test set and convert the model; the optimizer steps a trial takes (from `epochs` when set)."""
     from trainers import data as data_mod
     from trainers import model as model_mod
-    from trainers.config import from_dict
+    from trainers.config import from_dict, planned_steps
 
     trial = from_dict({**base, "method": "lora"})
     splits = data_mod.prepare(trial.data)
     console.print(data_mod.describe(splits))
     model_mod.resolve(trial)
+    return planned_steps(trial, len(splits.train))
 
 
 def run_baseline(
@@ -219,7 +221,7 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, l
     out_dir = root / "leaderboard"
     paths: list[Path] = []
     try:
-        board = build([cfg.name], uri, None, 0.02)
+        board = build([cfg.name], uri, None, 0.02, min_adapter_configs=cfg.min_adapter_configs)
         paths = export_all(board.ranked, board.decision, out_dir, board.warnings)
         from leaderboard import export
 
