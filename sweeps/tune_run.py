@@ -2,27 +2,60 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import hashlib
 import math
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from sweeps import config as sweep_config
-from sweeps.sweep import git_commit, ray_init
+from sweeps.runtime import git_commit, ray_init, record_end, sweep_id
 from tracking import names
 
 console = Console(highlight=False)
-BASELINE_ID = "baseline"
 
 
 def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote: Any, root: Path,
             resume: bool) -> int:  # fmt: skip
+    """Run the sweep; its parent run ends FINISHED when the sweep finished, KILLED when it was interrupted
+    (Ctrl-C: Tune stops and returns, or a KeyboardInterrupt), FAILED when something raised."""
+    from tracking import mlflow_store
+
+    base = trial_base(cfg)
+    test_sha = prepare(base)  # lock the test set and convert the model once, here, not in N racing trials
+
+    uri = sweep_config.tracking_uri(cfg)
+    client = tracking_client(uri)
+    identity = sweep_id(root)
+    sweep_params = {"budget_usd": budget_usd, "price_per_hour": quote.usd_per_hour, "max_trials": cfg.max_trials,
+                    "concurrency": cfg.concurrency, "space": space.source, "config": cfg.source}  # fmt: skip
+    parent = mlflow_store.start_sweep_run(
+        client, cfg.name, identity, sweep_params, {names.TAG_GIT_COMMIT: git_commit(), names.TAG_TEST_SHA: test_sha}
+    )
+    books: dict[str, Any] = {"status": "failed", "grid": None, "ledger": None, "baseline_cost": 0.0}
+    try:
+        run_sweep(cfg, budget_usd, space, quote, root, resume, base, client, parent, identity, uri, books)
+    except KeyboardInterrupt:
+        books["status"] = "interrupted"
+        raise
+    finally:
+        finish(cfg, client, parent, books, root, uri)
+    return 0
+
+
+def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote: Any, root: Path, resume: bool,
+              base: dict[str, Any], client: Any, parent: str, identity: str, uri: str,
+              books: dict[str, Any]) -> None:  # fmt: skip
+    """The baseline, then Tune; what finish() needs goes into `books` as it becomes known."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -32,26 +65,16 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     from sweeps.mlflow_callback import MLflowTrialLogger
     from sweeps.progress import SweepProgress, print_start_banner
     from sweeps.trainable import trainable
-    from tracking import mlflow_store
-
-    base = trial_base(cfg)
-    prepare(base)  # lock the test set and convert the model once, here, not in N racing trials
-
-    uri = sweep_config.tracking_uri(cfg)
-    client = tracking_client(uri)
-    sweep_params = {"budget_usd": budget_usd, "price_per_hour": quote.usd_per_hour, "max_trials": cfg.max_trials,
-                    "concurrency": cfg.concurrency, "space": space.source, "config": cfg.source}  # fmt: skip
-    parent = mlflow_store.start_sweep_run(
-        client, cfg.name, sweep_params, {names.TAG_GIT_COMMIT: git_commit()}
-    )
 
     estimate = quote.usd_per_hour * cfg.estimate_trial_seconds / 3600
     print_start_banner(console, budget_usd, quote, estimate, cfg.max_trials)
 
-    baseline_cost = run_baseline(cfg, base, client, parent, quote) if cfg.baseline else 0.0
+    baseline_cost = run_baseline(cfg, base, client, parent, identity, quote) if cfg.baseline else 0.0
+    books["baseline_cost"] = baseline_cost
     # The baseline is paid for out of the same budget; trials get what is left.
     ledger = BudgetLedger(max(budget_usd - baseline_cost, 1e-9), estimate_usd=estimate,
                           reserve_usd=estimate * 0.15, path=root / "budget.json")  # fmt: skip
+    books["ledger"] = ledger
 
     # Tune snapshots its experiment state every 10 s instead of its default, so a killed driver loses
     # little: a stale snapshot can re-run trials that had finished (and pay for them twice).
@@ -66,7 +89,7 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     )
     callbacks = [
         BudgetSync(ledger, cfg.name),
-        MLflowTrialLogger(uri, cfg.name, parent, git_commit()),
+        MLflowTrialLogger(uri, cfg.name, identity, parent, git_commit()),
         SweepProgress(console, ledger, baseline_cost=baseline_cost),
     ]
     run_config = tune.RunConfig(
@@ -120,12 +143,34 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
             ),
             run_config=run_config,
         )
-    grid = None
+    with tune_interrupts() as interrupted:
+        books["grid"] = tuner.fit()
+    books["status"] = "interrupted" if interrupted() else "finished"
+
+
+@contextlib.contextmanager
+def tune_interrupts() -> Iterator[Callable[[], bool]]:
+    """Whether Tune caught a Ctrl-C (or SIGUSR1) during fit(): it stops, saves and returns as if done.
+
+    Tune's handler puts back the SIGINT handler it found when it fires, so a handler of ours still in place
+    after fit() means that Tune caught one (a second Ctrl-C reaches ours: a KeyboardInterrupt, as always)."""
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("TUNE_DISABLE_SIGINT_HANDLER",
+                                                                                   "0") != "0":
+        yield lambda: False  # Tune catches nothing then; a Ctrl-C is a KeyboardInterrupt
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def ours(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, ours)
     try:
-        grid = tuner.fit()
+        yield lambda: signal.getsignal(signal.SIGINT) is ours
     finally:
-        finish(cfg, client, parent, grid, ledger, baseline_cost, root, uri)
-    return 0
+        signal.signal(signal.SIGINT, previous)
 
 
 def tracking_client(uri: str) -> Any:
@@ -207,7 +252,8 @@ def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any]) -> dict[str
     return {"sweepboard_sweep": cfg.name, "sweepboard_root": root, "sweepboard_trial": {**base, **price}}
 
 
-def prepare(base: dict[str, Any]) -> None:
+def prepare(base: dict[str, Any]) -> str:
+    """Lock the test set (or check the lock) and convert the model; the lock's sha256."""
     from trainers import data as data_mod
     from trainers import model as model_mod
     from trainers.config import from_dict
@@ -218,17 +264,21 @@ def prepare(base: dict[str, Any]) -> None:
         f"locked test set: {len(splits.test)} examples, sha256 {splits.sha256[:12]}… ({splits.lock_dir})"
     )
     model_mod.resolve(trial)
+    return str(splits.sha256)
 
 
-def run_baseline(
-    cfg: sweep_config.SweepConfig, base: dict[str, Any], client: Any, parent: str, quote: Any
-) -> float:
-    """The base model, no fine-tuning, evaluated once per sweep (also across resumes)."""
+def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: Any, parent: str, identity: str,
+                 quote: Any) -> float:  # fmt: skip
+    """The base model, no fine-tuning, evaluated once per sweep (also across resumes; never an earlier
+    sweep's of the same name: its run is found by this sweep's id)."""
+    from sweeps.reconcile import Outcome, failed, reconcile
+    from sweeps.sync import BASELINE_ID, baseline_record
     from tracking import mlflow_store
     from trainers import run_trial
 
     experiment = mlflow_store.ensure_experiment(client, cfg.name)
-    run_id = mlflow_store.find_trial_run(client, experiment, f"{cfg.name}-{BASELINE_ID}")
+    record = baseline_record(cfg.name, identity, base, git_commit())
+    run_id = mlflow_store.find_trial_run(client, experiment, record.trial_id, identity)
     if run_id is not None:
         run = client.get_run(run_id)
         if run.data.tags.get(names.TAG_STATUS) == "finished":
@@ -236,33 +286,39 @@ def run_baseline(
     console.print("baseline: evaluating the base model without fine-tuning on the locked test set…")
     out = Path(cfg.storage).resolve() / cfg.name / BASELINE_ID
     settings = {**base, "method": "none", "out": str(out), "price_per_hour": quote.usd_per_hour}
-    run_id = mlflow_store.get_or_create_trial_run(
-        client, experiment, parent, f"{cfg.name}-{BASELINE_ID}", "baseline-none", "baseline",
-        {"method": "none", "model": base.get("model")},
-        {names.TAG_SWEEP: cfg.name, names.TAG_METHOD: "none", names.TAG_GIT_COMMIT: git_commit()},
-    )  # fmt: skip
+    mlflow_store.get_or_create_trial_run(client, experiment, parent, record.trial_id, identity, record.run_name,
+                                         record.role, record.params, record.tags)  # fmt: skip
     try:
         metrics = run_trial(settings)
-    except Exception as exc:
-        mlflow_store.finish_trial_run(client, run_id, {}, "failed", None, f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        record.outcome = Outcome("interrupted", {}, None, False)
+        reconcile(client, experiment, parent, record, identity)
         raise
-    mlflow_store.finish_trial_run(client, run_id, metrics, "finished", str(out), None)
+    except Exception as exc:
+        record.outcome = failed({}, f"{type(exc).__name__}: {exc}")
+        reconcile(client, experiment, parent, record, identity)
+        raise
+    record.outcome, record.folder = Outcome("finished", metrics, None, True), out
+    reconcile(client, experiment, parent, record, identity)
     console.print(f"baseline: test quality {metrics['test_quality']:.3f} at ${metrics['cost_usd']:.4f}")
     return float(metrics["cost_usd"])
 
 
-def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, ledger: Any,
-           baseline_cost: float, root: Path, uri: str) -> None:  # fmt: skip
+def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[str, Any], root: Path,
+           uri: str) -> None:  # fmt: skip
+    """Close the sweep's books: its spend, the leaderboard, and the parent run's end as `books` says."""
     from leaderboard import build, export_all
     from tracking import mlflow_store
 
+    status, grid, ledger, baseline_cost = books["status"], books["grid"], books["ledger"], books["baseline_cost"]
+    record_end(root, status)  # first: if MLflow does not answer now, `sweepboard sync` ends the parent so
     # Tune's results are the record of what each trial spent (pruned and failed ones included); the
-    # in-process ledger is a fallback when fit() did not return (Ctrl-C).
+    # ledger is a fallback when fit() did not return (Ctrl-C).
     if grid is None and (root / "budget.json").is_file():
         from sweeps.budget import BudgetLedger
 
         ledger = BudgetLedger.load(root / "budget.json")  # on resume, Tune's own (unpickled) ledger wrote it
-    trials_cost = ledger.spent() if grid is None else sum(_cost(r.metrics) for r in grid)
+    trials_cost = sum(_cost(r.metrics) for r in grid) if grid is not None else ledger.spent() if ledger else 0.0
     spent = trials_cost + baseline_cost
     out_dir = root / "leaderboard"
     paths: list[Path] = []
@@ -274,8 +330,9 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, l
         export(board.ranked, board.decision, "table", None, board.warnings)
     except Exception as exc:  # the sweep's results are in MLflow either way; say why the board is missing
         console.print(f"[yellow]leaderboard not written: {exc}[/]")
-    mlflow_store.finish_sweep_run(client, parent, {"spent_usd": spent}, [str(p) for p in paths])
-    console.print(f"spent ${spent:.4f} of ${ledger.budget_usd + baseline_cost:.2f}")
+    mlflow_store.finish_sweep_run(client, parent, {"spent_usd": spent}, [str(p) for p in paths], status)
+    budget = f" of ${ledger.budget_usd + baseline_cost:.2f}" if ledger is not None else ""
+    console.print(f"spent ${spent:.4f}{budget}" + ("" if status == "finished" else f" (sweep {status})"))
     failed = [r for r in grid if r.error] if grid is not None else []
     if failed:  # the sweep itself succeeded; say which trials did not and where to read why
         where = ", ".join(str(r.path) for r in failed[:3]) + (", ..." if len(failed) > 3 else "")
@@ -283,6 +340,8 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, l
                       f"error.txt and trial.log of {where}[/]")  # fmt: skip
     if paths:
         console.print(f"leaderboard: {out_dir}/leaderboard.{{csv,json,md,html}}")
+    if status == "interrupted":
+        console.print(f"continue it with `make resume NAME={cfg.name}` (sweepboard resume {cfg.name})")
     console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`")
 
 
