@@ -8,7 +8,6 @@ value differs, dataset inputs, artifacts, the end status. A run that holds every
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import numbers
@@ -119,24 +118,25 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     with the searched ones over them, nested data settings as data.*; not where it writes, not settings its
     method does not use, and None for none. Settings resolved only when it runs (precision auto, steps from
     epochs) come from its metrics.json at the end (resolved_params)."""
-    from trainers.config import ConfigError, from_dict, to_dict
+    from trainers.config import ConfigError, TrialConfig, from_dict, to_dict
 
     base = dict(config.get("sweepboard_trial") or {})
     searched = {key: config[key] for key in SEARCHED if config.get(key) is not None}
     if searched.get("method") == "full":
         searched.update(rank=None, alpha=None)
-    settings = {**base, **searched}
-    with contextlib.suppress(ConfigError):  # a bad config fails the trial, which says why; log what it got
-        settings = to_dict(from_dict(settings))  # the defaults shaped the trial too
-    method = settings.get("method")
+    given = run_record.flatten({**base, **searched})
+    try:
+        flat = run_record.flatten(to_dict(from_dict({**base, **searched})))  # the defaults shaped it too
+    except ConfigError:  # the trial fails on it and says why; log what it was given over the defaults
+        flat = {**run_record.flatten(to_dict(TrialConfig())), **given}
+    method = flat.get("method")
     drop = set(NOT_PARAMS) | (set() if method in ("lora", "qlora") else set(ADAPTER_ONLY))
     drop |= set(TRAINING_ONLY) if method == "none" else set()
-    if settings.get("precision") == "auto":
+    if flat.get("precision") == "auto":
         drop.add("precision")
-    if settings.get("epochs") is not None:
+    if flat.get("epochs") is not None:
         drop.add("steps")
-    return {key: value for key, value in run_record.flatten(settings).items()
-            if key not in drop and value is not None}  # fmt: skip
+    return {key: value for key, value in flat.items() if key not in drop and value is not None}
 
 
 def resolved_params(params: Mapping[str, Any], final: Mapping[str, Any]) -> dict[str, Any]:

@@ -342,7 +342,9 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
         console.print(f"leaderboard: {out_dir}/leaderboard.{{csv,json,md,html}}")
     if status == "interrupted":
         console.print(f"continue it with `make resume NAME={cfg.name}` (sweepboard resume {cfg.name})")
-    console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`")
+    experiment = mlflow_store.ensure_experiment(client, cfg.name)
+    console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`, then open "
+                  f"http://127.0.0.1:5000{mlflow_store.ui_path(experiment)}")
 
 
 def _cost(metrics: dict[str, Any] | None) -> float:

@@ -11,6 +11,7 @@ in later (sweeps/sync.py), through the read helpers at the bottom.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import numbers
@@ -34,10 +35,12 @@ from tracking.names import (
     ARTIFACT_METRICS,
     ARTIFACT_PREDICTIONS,
     EXPERIMENT_KIND,
+    SHARED_VIEW_KEY,
     TAG_ERROR,
     TAG_EXPERIMENT_KIND,
     TAG_PARENT,
     TAG_ROLE,
+    TAG_SHARED_VIEW,
     TAG_STATUS,
     TAG_SWEEP,
     TAG_SWEEP_ID,
@@ -47,6 +50,14 @@ from tracking.record import param_value
 
 log = logging.getLogger(__name__)
 
+# The runs table as the shared view shows it: MLflow's own column keys (type.`name`); the parent run left out.
+RUNS_VIEW = {
+    "searchFilter": f"tags.`{TAG_ROLE}` != 'sweep'",
+    "selectedColumns": ["attributes.`Dataset`", "metrics.`test_quality`", "metrics.`val_quality`",
+                        "metrics.`cost_usd`", "params.`method`", "params.`rank`", "params.`learning_rate`",
+                        "params.`target_modules`", f"tags.`{TAG_STATUS}`"],
+}
+
 # Statuses that end a run (tracking/names.py STATUSES), and the MLflow run status each one maps to.
 _TERMINAL = {"finished": "FINISHED", "pruned": "FINISHED", "stopped": "FINISHED", "failed": "FAILED",
              "interrupted": "KILLED"}
@@ -54,21 +65,32 @@ _TERMINAL = {"finished": "FINISHED", "pruned": "FINISHED", "stopped": "FINISHED"
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The id of the experiment called `name` (the sweep name), created if missing, of the kind that MLflow's
-    UI opens on its runs table (an experiment created before sweeps set it gets it too)."""
+    UI opens on its runs table and with the runs view of ui_path (an experiment made before sweeps set these
+    gets them too)."""
+    tags = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND, TAG_SHARED_VIEW: json.dumps(RUNS_VIEW)}
 
     def get_or_create() -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+            return client.create_experiment(name, tags=tags)
         if experiment.lifecycle_stage == "deleted":
             raise ValueError(f"MLflow experiment {name!r} at {client.tracking_uri} is deleted; restore it "
                              f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
                              "or choose another sweep name")
-        if TAG_EXPERIMENT_KIND not in experiment.tags:
-            client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+        for key, value in tags.items():
+            if key not in experiment.tags:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return str(experiment.experiment_id)
 
     return retry(get_or_create, f"experiment {name!r}", client)
+
+
+def ui_path(experiment_id: str) -> str:
+    """Where MLflow's UI shows a sweep's runs table with quality and cost (append it to the UI's address).
+
+    MLflow 3.17's UI opens the GenAI view unless told otherwise (workflowType), and shows no metric columns
+    by default: the experiment's shared view (RUNS_VIEW) names them."""
+    return f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={SHARED_VIEW_KEY}"
 
 
 def start_sweep_run(client: MlflowClient, sweep: str, sweep_id: str, params: Mapping[str, Any],

@@ -21,6 +21,10 @@ TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
 # ("Machine learning" in the UI's experiment-type selector).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# A view of the runs table kept on the experiment (MLflow's shared views: a tag read by ?viewStateShareKey=):
+# the trial and baseline runs with their quality, cost, method and datasets as columns.
+SHARED_VIEW_KEY = "sweepboard"
+TAG_SHARED_VIEW = f"mlflow.sharedViewState.{SHARED_VIEW_KEY}"
 # The context of a dataset input (MLflow's own key): which split of the data a run used it as.
 TAG_DATASET_CONTEXT = "mlflow.data.context"
 
