@@ -145,7 +145,7 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
         )
     with tune_interrupts() as interrupted:
         books["grid"] = tuner.fit()
-    books["status"] = "interrupted" if interrupted() else "finished"
+        books["status"] = "interrupted" if interrupted() else "finished"  # before the handler is put back
 
 
 @contextlib.contextmanager

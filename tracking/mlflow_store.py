@@ -50,9 +50,13 @@ from tracking.record import param_value
 
 log = logging.getLogger(__name__)
 
-# The runs table as the shared view shows it: MLflow's own column keys (type.`name`); the parent run left out.
+# The runs table as the shared view shows it (MLflow's column keys, type.`name`): trial and baseline runs, the
+# best on validation first.
 RUNS_VIEW = {
-    "searchFilter": f"tags.`{TAG_ROLE}` != 'sweep'",
+    # Only child runs have a trial id; the UI applies a shared view's filter when it also names a sort key.
+    "searchFilter": f"tags.`{TAG_TRIAL_ID}` LIKE '%'",
+    "orderByKey": "metrics.`val_quality`",
+    "orderByAsc": False,
     "selectedColumns": ["attributes.`Dataset`", "metrics.`test_quality`", "metrics.`val_quality`",
                         "metrics.`cost_usd`", "params.`method`", "params.`rank`", "params.`learning_rate`",
                         "params.`target_modules`", f"tags.`{TAG_STATUS}`"],

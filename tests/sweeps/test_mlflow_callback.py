@@ -51,6 +51,10 @@ FULL = {"method": "full", "rank": None, "alpha": None, "learning_rate": 1e-5, "s
 BASELINE = {"method": "none", "sweepboard_trial": {"steps": 0}}
 
 
+def with_steps(config: dict[str, Any], steps: int) -> dict[str, Any]:
+    return {**config, "sweepboard_trial": {**config["sweepboard_trial"], "steps": steps}}
+
+
 def trainable(config: dict[str, Any]) -> None:
     """A trial shaped like trainers' run_trial under Tune: step reports with checkpoints, then one final."""
     start = 0
@@ -59,7 +63,7 @@ def trainable(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             start = json.loads(Path(folder, "state.json").read_text())["step"]
     # Keys one config of a grid lacks arrive as None (see _grid).
-    steps = int(config.get("steps_override") or config["sweepboard_trial"]["steps"])
+    steps = int(config["sweepboard_trial"]["steps"])
     quality = float(config.get("quality") or 0.5)
     for step in range(start + 1, steps + 1):
         time.sleep(float(config.get("sleep") or 0.0))
@@ -230,7 +234,7 @@ def test_one_run_per_trial_with_params_curves_finals_and_failures(tmp_path):
 def test_asha_stopped_trials_are_pruned_with_their_cost(tmp_path):
     client, _, logger = sweep(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
     # One at a time, best first: every later trial is below the rung cutoff at its first report.
-    configs = [{**LORA, "steps_override": 4, "quality": q} for q in (0.9, 0.2, 0.1)]
+    configs = [{**with_steps(LORA, 4), "quality": q} for q in (0.9, 0.2, 0.1)]
     # max_t beyond the last step: ASHA stops a trial whose step reaches max_t, before its final report.
     asha = ASHAScheduler(metric="val_quality", mode="max", time_attr="step", max_t=5, grace_period=1,
                          reduction_factor=2)
@@ -247,7 +251,7 @@ def test_asha_stopped_trials_are_pruned_with_their_cost(tmp_path):
 def test_restored_sweep_logs_into_the_same_runs(tmp_path):
     client, _, logger = sweep(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
     recorder = Recorder(tmp_path / "events.jsonl", interrupt_when_reporting=2)
-    space = {**LORA, "steps_override": 6, "sleep": 0.4, "quality": tune.grid_search([0.5, 0.6, 0.7])}
+    space = {**with_steps(LORA, 6), "sleep": 0.4, "quality": tune.grid_search([0.5, 0.6, 0.7])}
     results = tuner(tmp_path, space, [logger, recorder]).fit()
     assert (tmp_path / "events.jsonl").with_suffix(".interrupted").exists()
     before = trial_runs(client)
@@ -321,10 +325,16 @@ def test_long_values_are_cut_visibly_and_names_tell_runs_apart():
 
 
 def test_a_failure_report_ended_by_a_stopper_is_failed_and_error_text_is_plain() -> None:
-    from sweeps.reconcile import _plain, completed
+    from sweeps.reconcile import _plain, completed, interrupted
 
     outcome = completed({"phase": "failed", "error": "RuntimeError: boom", "cost_usd": 0.25})
     assert outcome.status == "failed" and outcome.error == "RuntimeError: boom"
     assert outcome.final.get("cost_usd") == 0.25  # its cost still counts
     assert completed({"phase": "train", "cost_usd": 0.1}).status == "pruned"
+    # Stopped by the budget, then evaluated (a test score): apart from one interrupted before its evaluation.
+    stopped = completed({"phase": "final", "status": "stopped", "test_quality": 0.4, "cost_usd": 0.2})
+    assert stopped.status == "stopped" and stopped.artifacts and store.mlflow_status("stopped") == "FINISHED"
+    cut = interrupted({"phase": "train", "step": 3, "cost_usd": 0.1, "test_quality": 0.9})
+    assert cut.status == "interrupted" and cut.final == {"cost_usd": 0.1} and not cut.artifacts
+    assert store.mlflow_status("interrupted") == "KILLED"
     assert _plain("\x1b[36mray::ImplicitFunc.train()\x1b[39m failed") == "ray::ImplicitFunc.train() failed"

@@ -23,6 +23,7 @@ from test_mlflow_callback import (  # ray_cluster: the module's own local Ray, a
     sweep,
     trial_runs,
     tuner,
+    with_steps,
 )
 
 from sweeps import mlflow_callback
@@ -76,8 +77,8 @@ def write_sweep_state(root: Path) -> None:
 def test_concurrent_trials_through_an_mlflow_server(tmp_path, mlflow_server):
     conn.check_reachable(mlflow_server)
     client, parent, logger = sweep(tmp_path, mlflow_server)
-    configs: list[dict[str, Any]] = [{**LORA, "steps_override": 5, "sleep": 0.2},
-                                     {**FULL, "steps_override": 5, "sleep": 0.2}]
+    configs: list[dict[str, Any]] = [{**with_steps(LORA, 5), "sleep": 0.2},
+                                     {**with_steps(FULL, 5), "sleep": 0.2}]
     results = tuner(tmp_path, grid(configs), [logger], max_concurrent_trials=2).fit()
     assert not results.errors
     runs = trial_runs(client)
@@ -91,8 +92,8 @@ def test_concurrent_trials_through_an_mlflow_server(tmp_path, mlflow_server):
 @pytest.mark.slow
 def test_trials_outlive_a_dead_server_and_sync_copies_the_rest(tmp_path, server, capsys):
     client, parent, logger = sweep(tmp_path, server.uri)
-    configs: list[dict[str, Any]] = [{**LORA, "steps_override": 6, "sleep": 0.2},
-                                     {**FULL, "steps_override": 6, "sleep": 0.2}]
+    configs: list[dict[str, Any]] = [{**with_steps(LORA, 6), "sleep": 0.2},
+                                     {**with_steps(FULL, 6), "sleep": 0.2}]
     # The 3rd result: both runs exist and have curve points; the rest of the sweep happens without MLflow.
     results = tuner(tmp_path, grid(configs), [logger, ServerOutage(server, kill_at=3)]).fit()
     assert not results.errors  # Tune did not abort: the callback raised nothing
@@ -136,8 +137,8 @@ def test_trials_outlive_a_dead_server_and_sync_copies_the_rest(tmp_path, server,
 def test_queued_results_are_logged_when_the_server_answers_again(tmp_path, server, monkeypatch):
     monkeypatch.setattr(mlflow_callback, "RETRY_AFTER_S", (0.5,))
     client, _, logger = sweep(tmp_path, server.uri)
-    configs: list[dict[str, Any]] = [{**LORA, "steps_override": 8, "sleep": 0.2},
-                                     {**FULL, "steps_override": 8, "sleep": 0.2}]
+    configs: list[dict[str, Any]] = [{**with_steps(LORA, 8), "sleep": 0.2},
+                                     {**with_steps(FULL, 8), "sleep": 0.2}]
     outage = ServerOutage(server, kill_at=3, restart_at=7)
     results = tuner(tmp_path, grid(configs), [logger, outage]).fit()
     assert not results.errors and outage.results > 7
