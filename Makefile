@@ -8,6 +8,7 @@ TRIALS  ?=
 PRICE   ?=
 HOST    ?= 127.0.0.1
 PORT    ?= 5000
+MLFLOW  ?= .venv/bin/mlflow
 FORMAT  ?= table
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export MLFLOW_TRACKING_URI
@@ -44,7 +45,7 @@ leaderboard: $(VENV_OK)
 	.venv/bin/sweepboard leaderboard "$(NAME)" --format "$(FORMAT)"
 
 ui: $(VENV_OK)
-	.venv/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host "$(HOST)" --port "$(PORT)"
+	$(MLFLOW) ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host "$(HOST)" --port "$(PORT)"
 
 test: $(VENV_OK)
 	$(PY) -m pytest -q

@@ -26,13 +26,14 @@ from tracking.names import (
     TAG_ROLE,
     TAG_STATUS,
     TAG_SWEEP,
+    TAG_SWEEP_ID,
     TAG_TEST_SHA,
     TAG_TRIAL_ID,
 )
 
 # MLflow's own run status, used when a run never got a sweepboard status tag (e.g. the process died).
 _MLFLOW_STATUS = {"RUNNING": "running", "SCHEDULED": "running", "FINISHED": "finished",
-                  "FAILED": "failed", "KILLED": "stopped"}
+                  "FAILED": "failed", "KILLED": "interrupted"}
 
 RAW_COLUMNS = (
     "sweep", "run_id", "run_name", "role", "trial_id", "method", "status", "rank", "alpha", "target_modules",
@@ -77,7 +78,7 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
                 f"no MLflow experiment named {name!r} at {client.tracking_uri}; "
                 f"known experiments: {', '.join(known) or '(none)'}; check the sweep name or --tracking-uri"
             )
-        runs = _all_runs(client, experiment.experiment_id)
+        runs = _newest_sweep(name, _all_runs(client, experiment.experiment_id), warnings)
         unknown = 0
         before = len(rows)
         for run in runs:
@@ -131,6 +132,22 @@ def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
         token = page.token
         if not token:
             return runs
+
+
+def _newest_sweep(name: str, runs: list[Run], warnings: list[str]) -> list[Run]:
+    """The runs of the newest sweep under `name`. A sweep started again under a used name (its folder
+    deleted) has a new sweep id and a new parent run; the old one's runs stay in the experiment but are not
+    part of this board. Runs from before sweep ids existed (no parent has one) are all kept."""
+    parents = [r for r in runs if r.data.tags.get(TAG_ROLE) == "sweep" and r.data.tags.get(TAG_SWEEP_ID)]
+    if not parents:
+        return runs
+    newest = max(parents, key=lambda r: r.info.start_time or 0).data.tags[TAG_SWEEP_ID]
+    kept = [r for r in runs if r.data.tags.get(TAG_SWEEP_ID) == newest]
+    if len(kept) < len(runs):
+        earlier = len({r.data.tags.get(TAG_SWEEP_ID) for r in runs} - {newest})
+        warnings.append(f"sweep {name!r}: left out {len(runs) - len(kept)} run(s) of {earlier} earlier sweep(s) "
+                        f"under the same name (the board is the newest sweep, id {newest})")
+    return kept
 
 
 def _row(sweep: str, run: Run) -> dict[str, Any]:

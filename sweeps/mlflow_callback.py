@@ -3,7 +3,8 @@
 The driver is the only writer (trials never talk to MLflow), so a SQLite store is not hit by many
 processes at once. Ray's MLflowLoggerCallback does not fit: it keeps its trial-to-run map in memory
 only (a restored sweep opens new runs) and has no parent run. Here a run is found by its
-sweepboard.trial_id tag; the in-memory map is only a cache.
+sweepboard.trial_id and sweepboard.sweep_id tags; the in-memory map is only a cache. Curve points are
+logged as they come; a trial's end goes through sweeps/reconcile.py, the writer `sweepboard sync` uses too.
 
 What Ray 2.60 does on Tuner.restore (seen by hand, asserted in tests/sweeps/test_mlflow_callback.py):
 the callback comes back unpickled from tuner.pkl as it was constructed (a new object, empty cache);
@@ -23,65 +24,34 @@ ends is named in a message with the command that copies it in from Ray's storage
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Stopper
 from ray.tune.experiment import Trial
 
+from sweeps import reconcile as rec
 from tracking import mlflow_conn as conn
 from tracking import mlflow_store as store
-from tracking.names import FINAL_METRICS, TAG_GIT_COMMIT, TAG_METHOD, TAG_SWEEP, TRIAL_PARAMS
 
 log = logging.getLogger(__name__)
 
-# Step curves taken from each intermediate result (logged at result["step"]).
-CURVE_METRICS = ("train_loss", "val_quality", "val_loss", "tokens_trained", "cost_usd")
-FINAL_PHASE = "final"  # result["phase"] of the one result a trial reports after its test evaluation
 RETRY_AFTER_S = (5.0, 10.0, 30.0, 60.0)  # pauses before trying an unreachable MLflow again
-
-
-class Outcome(NamedTuple):
-    """How a trial ended, as its MLflow run records it (also what `sweepboard sync` writes)."""
-
-    status: str  # finished | pruned | failed | stopped
-    final: dict[str, Any]  # final metrics
-    error: str | None
-    artifacts: bool  # its last checkpoint holds metrics.json, test_predictions.jsonl, adapter/
-    interrupted: bool = False  # left unfinished (Ctrl+C, a lost driver): run KILLED, a resume reopens it
-
-
-def completed(result: Mapping[str, Any]) -> Outcome:
-    """A trial Tune completed: with its final report, or ended early by a scheduler (ASHA) or stopper."""
-    if result.get("phase") == "failed":
-        # Its failure report arrived, then a stopper ended the sweep before Tune recorded the error.
-        return failed(result, str(result.get("error") or "trial failed"))
-    if result.get("phase") != FINAL_PHASE:
-        return Outcome("pruned", spent(result), None, False)
-    error = result.get("error") if isinstance(result.get("error"), str) and result.get("error") else None
-    return Outcome(str(result.get("status") or "finished"), dict(result), error, True)
-
-
-def failed(result: Mapping[str, Any], error: str) -> Outcome:
-    return Outcome("failed", spent(result), error, False)
-
-
-INTERRUPTED = Outcome("stopped", {}, None, False, interrupted=True)
 
 
 class MLflowTrialLogger(Callback):
     """A Tune callback writing each trial into its own MLflow run under the sweep's parent run."""
 
-    def __init__(self, tracking_uri: str, sweep_name: str, parent_run_id: str, git_commit: str | None = None,
-                 extra_tags: Mapping[str, str] | None = None) -> None:
+    def __init__(self, tracking_uri: str, sweep_name: str, sweep_id: str, parent_run_id: str,
+                 git_commit: str | None = None, extra_tags: Mapping[str, str] | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.sweep_name = sweep_name
+        self.sweep_id = sweep_id
         self.parent_run_id = parent_run_id
         self.git_commit = git_commit
         self.extra_tags = dict(extra_tags or {})
@@ -103,7 +73,7 @@ class MLflowTrialLogger(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the callback into tuner.pkl; a client, a cache and queued writes must not travel.
         return {key: self.__dict__[key] for key in
-                ("tracking_uri", "sweep_name", "parent_run_id", "git_commit", "extra_tags")}
+                ("tracking_uri", "sweep_name", "sweep_id", "parent_run_id", "git_commit", "extra_tags")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -123,25 +93,25 @@ class MLflowTrialLogger(Callback):
                         **info: Any) -> None:
         if "step" not in result:
             return
-        curves = {key: result[key] for key in CURVE_METRICS if key in result}
+        curves = {key: result[key] for key in rec.CURVE_METRICS if key in result}
         step = int(result["step"])
         self._write(trial, f"step {step}",
                     lambda: store.log_step_metrics(self._connect(), self._run_of(trial), curves, step))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        outcome = completed(trial.last_result or {})
+        outcome = rec.completed(trial.last_result or {})
         # The checkpoint as of now: Tune may move on, but keeps the latest one (num_to_keep drops older).
         self._end(trial, outcome, trial.checkpoint if outcome.artifacts else None)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._end(trial, failed(trial.last_result or {}, _error_text(trial)), None)
+        self._end(trial, rec.failed(trial.last_result or {}, rec.error_text(trial)), None)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        # Trials left running (Ctrl+C, a driver stopped early) end as "stopped"; a resume reopens them.
+        # Trials left running (Ctrl+C, a driver stopped early) end "interrupted"; a resume reopens them.
         for trial in trials:
             started = trial.trial_id in self._runs or trial.trial_id in self._queue
             if started and trial.trial_id not in self._ended:
-                self._end(trial, INTERRUPTED, None)
+                self._end(trial, rec.interrupted(trial.last_result or {}), None)
         self._flush(force=True)
         message = self.unlogged_message()
         if message:
@@ -168,7 +138,7 @@ class MLflowTrialLogger(Callback):
         lines.append(f"Copy them into MLflow once it answers: {command}")
         return "\n".join(lines)
 
-    def _end(self, trial: Trial, outcome: Outcome, checkpoint: Any) -> None:
+    def _end(self, trial: Trial, outcome: rec.Outcome, checkpoint: Any) -> None:
         self._ended.add(trial.trial_id)
         self._write(trial, f"end ({outcome.status})", lambda: self._finish(trial, outcome, checkpoint))
 
@@ -217,35 +187,40 @@ class MLflowTrialLogger(Callback):
             self._experiment_id = store.ensure_experiment(self._client, self.sweep_name)
         return self._client
 
+    def _record(self, trial: Trial) -> rec.TrialRecord:
+        record = rec.identity(trial.trial_id, trial.config or {}, self.sweep_name, self.sweep_id,
+                              self.git_commit)
+        record.tags = {**self.extra_tags, **record.tags}
+        return record
+
     def _run_of(self, trial: Trial) -> str:
-        """The run of `trial`: cached, else found by tag (resume), else created."""
+        """The run of `trial`: cached, else found by tags (resume, reopened), else created."""
         run_id = self._runs.get(trial.trial_id)
         if run_id is not None:
             return run_id
         client = self._connect()
         assert self._experiment_id is not None
-        config = trial.config or {}
-        method = str(config.get("method", "unknown"))
-        tags = {**self.extra_tags, TAG_SWEEP: self.sweep_name, TAG_METHOD: method}
-        if self.git_commit:
-            tags[TAG_GIT_COMMIT] = self.git_commit
+        record = self._record(trial)
         run_id = store.get_or_create_trial_run(
-            client, self._experiment_id, self.parent_run_id, trial.trial_id, run_name(config, trial.trial_id),
-            "baseline" if method == "none" else "trial", trial_params(config), tags,
+            client, self._experiment_id, self.parent_run_id, trial.trial_id, self.sweep_id, record.run_name,
+            record.role, record.params, record.tags,
         )
         self._runs[trial.trial_id] = run_id
         return run_id
 
-    def _finish(self, trial: Trial, outcome: Outcome, checkpoint: Any) -> None:
-        client, run_id = self._connect(), self._run_of(trial)
-        if outcome.interrupted:
-            store.interrupt_trial_run(client, run_id)
-        elif checkpoint is None:
-            store.finish_trial_run(client, run_id, outcome.final, outcome.status, None, outcome.error)
-        else:
-            # as_directory: the folder itself on local storage, a download on cloud storage.
-            with checkpoint.as_directory() as folder:
-                store.finish_trial_run(client, run_id, outcome.final, outcome.status, folder, outcome.error)
+    def _finish(self, trial: Trial, outcome: rec.Outcome, checkpoint: Any) -> None:
+        """The trial's end, through the writer `sweepboard sync` uses (its curves went out as they came)."""
+        self._run_of(trial)
+        record = self._record(trial)
+        record.outcome = outcome
+        assert self._experiment_id is not None
+        if checkpoint is None:
+            rec.reconcile(self._connect(), self._experiment_id, self.parent_run_id, record, self.sweep_id)
+            return
+        # as_directory: the folder itself on local storage, a download on cloud storage.
+        with checkpoint.as_directory() as folder:
+            record.folder = Path(folder)
+            rec.reconcile(self._connect(), self._experiment_id, self.parent_run_id, record, self.sweep_id)
 
 
 def sync_command(sweep_name: str, tracking_uri: str, storage: str | None = None) -> str:
@@ -254,39 +229,3 @@ def sync_command(sweep_name: str, tracking_uri: str, storage: str | None = None)
     if storage and Path(storage).parent != Path("runs/sweeps").resolve():
         command += f" --storage {Path(storage).parent}"
     return f"{command}   (or: MLFLOW_TRACKING_URI={tracking_uri} make sync NAME={sweep_name})"
-
-
-def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The trial's settings worth a param: the plain keys (Optuna's "lora.rank" copies are left out)."""
-    return {key: config[key] for key in TRIAL_PARAMS if key in config and config[key] is not None}
-
-
-def run_name(config: Mapping[str, Any], trial_id: str) -> str:
-    """A name to tell runs apart in the MLflow UI; the trial id keeps it unique."""
-    method = str(config.get("method", "trial"))
-    if method == "none":
-        return f"baseline-{trial_id}"
-    if config.get("rank") is not None:
-        return f"{method}-r{config['rank']}-{trial_id}"
-    if config.get("learning_rate") is not None:
-        return f"{method}-lr{float(config['learning_rate']):.0e}-{trial_id}"
-    return f"{method}-{trial_id}"
-
-
-def spent(result: Mapping[str, Any]) -> dict[str, Any]:
-    """What a trial that ended without its final report cost, from its last report."""
-    unmeasured = ("test_quality", "n_test")  # only the final report has a test evaluation
-    return {key: result[key] for key in FINAL_METRICS if key in result and key not in unmeasured}
-
-
-def _error_text(trial: Trial) -> str:
-    path = trial.error_file  # the driver's local copy; get_error reads the storage copy
-    if path and Path(path).is_file():
-        return _plain(Path(path).read_text(encoding="utf-8", errors="replace").strip())
-    text = trial.get_error()
-    return _plain(str(text).strip()) if text else "trial failed without an error message"
-
-
-def _plain(text: str) -> str:
-    """Ray colours its error.txt for terminals; an MLflow tag is read in a browser."""
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)

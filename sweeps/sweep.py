@@ -7,8 +7,6 @@ from the production-default LoRA; the budget ledger admits trials; the driver is
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,9 +14,8 @@ from typing import Any
 from sweeps import config as sweep_config
 from sweeps import driver_lock
 from sweeps.ledger import BudgetError, usd, validate_budget  # no Ray before the checks pass
+from sweeps.runtime import STATE_FILE, new_sweep_id
 from trainers.config import ConfigError
-
-STATE_FILE = "sweepboard.json"  # what `resume` needs to rebuild the sweep: config, budget, price
 
 
 def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
@@ -51,7 +48,8 @@ def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
     except FileExistsError:
         raise ConfigError([_exists(cfg.name, root)]) from None
     with driver_lock.hold(root, f"sweep --name {cfg.name}"):  # before anything is spent
-        state = {"config": asdict(cfg), "budget_usd": budget_usd, "space_source": space.source}
+        state = {"config": asdict(cfg), "budget_usd": budget_usd, "space_source": space.source,
+                 "sweep_id": new_sweep_id()}
         (root / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
         from sweeps.tune_run import execute
 
@@ -153,29 +151,3 @@ def _check_tracking(cfg: sweep_config.SweepConfig) -> None:
     from tracking.mlflow_conn import check_reachable
 
     check_reachable(sweep_config.tracking_uri(cfg))
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def ray_init(cfg: sweep_config.SweepConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    # A fault drill (trainers/faults.py) must reach workers on other nodes too; a local Ray inherits it.
-    fault = {k: v for k, v in os.environ.items() if k == "SWEEPBOARD_FAULT"}
-    runtime_env = {"env_vars": fault} if fault else None
-    if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)  # join the existing cluster
-    else:
-        # "local": always a Ray of our own, never a cluster someone started here with `ray start`.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)

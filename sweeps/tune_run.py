@@ -12,16 +12,46 @@ from typing import Any
 
 from rich.console import Console
 
+from sweeps import closing
 from sweeps import config as sweep_config
-from sweeps.sweep import git_commit, ray_init
+from sweeps.runtime import git_commit, ray_init, sweep_id
 from tracking import names
 
 console = Console(highlight=False)
-BASELINE_ID = "baseline"
 
 
 def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote: Any, root: Path,
             resume: bool) -> int:  # fmt: skip
+    """Run the sweep; its parent run ends FINISHED when the sweep finished, KILLED when it was interrupted
+    (Ctrl-C: Tune stops and returns, or a KeyboardInterrupt), FAILED when something raised."""
+    from tracking import mlflow_store
+
+    base = trial_base(cfg)
+    test_sha, steps = prepare(base)  # lock the test set and convert the model once, here, not in N racing trials
+
+    uri = sweep_config.tracking_uri(cfg)
+    client = tracking_client(uri)
+    identity = sweep_id(root)
+    sweep_params = {"budget_usd": budget_usd, "price_per_hour": quote.usd_per_hour, "max_trials": cfg.max_trials,
+                    "concurrency": cfg.concurrency, "space": space.source, "config": cfg.source}  # fmt: skip
+    parent = mlflow_store.start_sweep_run(
+        client, cfg.name, identity, sweep_params, {names.TAG_GIT_COMMIT: git_commit(), names.TAG_TEST_SHA: test_sha}
+    )
+    books: dict[str, Any] = {"status": "failed", "grid": None, "ledger": None, "baseline_cost": 0.0}
+    try:
+        run_sweep(cfg, budget_usd, space, quote, root, resume, base, steps, client, parent, identity, uri, books)
+    except KeyboardInterrupt:
+        books["status"] = "interrupted"
+        raise
+    finally:
+        closing.finish(cfg, client, parent, books, root, uri)
+    return 0
+
+
+def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote: Any, root: Path, resume: bool,
+              base: dict[str, Any], steps: int, client: Any, parent: str, identity: str, uri: str,
+              books: dict[str, Any]) -> None:  # fmt: skip
+    """The baseline, then Tune; what finish() needs goes into `books` as it becomes known."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -31,26 +61,16 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     from sweeps.mlflow_callback import MLflowTrialLogger
     from sweeps.progress import SweepProgress, print_start_banner
     from sweeps.trainable import trainable
-    from tracking import mlflow_store
-
-    base = trial_base(cfg)
-    steps = prepare(base)  # lock the test set and convert the model once, here, not in N racing trials
-
-    uri = sweep_config.tracking_uri(cfg)
-    client = tracking_client(uri)
-    sweep_params = {"budget_usd": budget_usd, "price_per_hour": quote.usd_per_hour, "max_trials": cfg.max_trials,
-                    "concurrency": cfg.concurrency, "space": space.source, "config": cfg.source}  # fmt: skip
-    parent = mlflow_store.start_sweep_run(
-        client, cfg.name, sweep_params, {names.TAG_GIT_COMMIT: git_commit()}
-    )
 
     estimate = quote.usd_per_hour * cfg.estimate_trial_seconds / 3600
     print_start_banner(console, budget_usd, quote, estimate, cfg.max_trials)
 
-    baseline_cost = run_baseline(cfg, base, client, parent, quote) if cfg.baseline else 0.0
+    baseline_cost = run_baseline(cfg, base, client, parent, identity, quote) if cfg.baseline else 0.0
+    books["baseline_cost"] = baseline_cost
     # The baseline is paid for out of the same budget; trials get what is left.
     ledger = BudgetLedger(budget_usd, estimate_usd=estimate, reserve_usd=estimate * 0.15,
                           path=root / "budget.json", baseline_usd=baseline_cost)  # fmt: skip
+    books["ledger"] = ledger
 
     # Tune snapshots its experiment state every 10 s instead of its default, so a killed driver loses
     # little: a stale snapshot can re-run trials that had finished (and pay for them twice).
@@ -65,7 +85,7 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     )
     callbacks = [
         BudgetSync(ledger, cfg.name),
-        MLflowTrialLogger(uri, cfg.name, parent, git_commit()),
+        MLflowTrialLogger(uri, cfg.name, identity, parent, git_commit()),
         SweepProgress(console, ledger),  # the ledger counts the baseline
     ]
     run_config = tune.RunConfig(
@@ -111,12 +131,9 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
             ),
             run_config=run_config,
         )
-    grid = None
-    try:
-        grid = tuner.fit()
-    finally:
-        finish(cfg, client, parent, grid, ledger, baseline_cost, root, uri)
-    return 0
+    with closing.tune_interrupts() as interrupted:
+        books["grid"] = tuner.fit()
+        books["status"] = "interrupted" if interrupted() else "finished"  # before the handler is put back
 
 
 def tracking_client(uri: str) -> Any:
@@ -165,8 +182,9 @@ def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any]) -> dict[str
     return {"sweepboard_sweep": cfg.name, "sweepboard_root": root, "sweepboard_trial": {**base, **price}}
 
 
-def prepare(base: dict[str, Any]) -> int:
-    """Lock the test set and convert the model; the optimizer steps a trial takes (from `epochs` when set)."""
+def prepare(base: dict[str, Any]) -> tuple[str, int]:
+    """Lock the test set (or check the lock) and convert the model; the lock's sha256 and the optimizer
+    steps a trial takes (from `epochs` when the config gives epochs)."""
     from trainers import data as data_mod
     from trainers import model as model_mod
     from trainers.config import from_dict, planned_steps
@@ -175,18 +193,21 @@ def prepare(base: dict[str, Any]) -> int:
     splits = data_mod.prepare(trial.data)
     console.print(data_mod.describe(splits))
     model_mod.resolve(trial)
-    return planned_steps(trial, len(splits.train))
+    return str(splits.sha256), planned_steps(trial, len(splits.train))
 
 
-def run_baseline(
-    cfg: sweep_config.SweepConfig, base: dict[str, Any], client: Any, parent: str, quote: Any
-) -> float:
-    """The base model, no fine-tuning, evaluated once per sweep (also across resumes)."""
+def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: Any, parent: str, identity: str,
+                 quote: Any) -> float:  # fmt: skip
+    """The base model, no fine-tuning, evaluated once per sweep (also across resumes; never an earlier
+    sweep's of the same name: its run is found by this sweep's id)."""
+    from sweeps.reconcile import Outcome, failed, reconcile
+    from sweeps.sync import BASELINE_ID, baseline_record
     from tracking import mlflow_store
     from trainers import run_trial
 
     experiment = mlflow_store.ensure_experiment(client, cfg.name)
-    run_id = mlflow_store.find_trial_run(client, experiment, f"{cfg.name}-{BASELINE_ID}")
+    record = baseline_record(cfg.name, identity, base, git_commit())
+    run_id = mlflow_store.find_trial_run(client, experiment, record.trial_id, identity)
     if run_id is not None:
         run = client.get_run(run_id)
         if run.data.tags.get(names.TAG_STATUS) == "finished":
@@ -194,48 +215,19 @@ def run_baseline(
     console.print("baseline: evaluating the base model without fine-tuning on the locked test set…")
     out = Path(cfg.storage).resolve() / cfg.name / BASELINE_ID
     settings = {**base, "method": "none", "out": str(out), "price_per_hour": quote.usd_per_hour}
-    run_id = mlflow_store.get_or_create_trial_run(
-        client, experiment, parent, f"{cfg.name}-{BASELINE_ID}", "baseline-none", "baseline",
-        {"method": "none", "model": base.get("model")},
-        {names.TAG_SWEEP: cfg.name, names.TAG_METHOD: "none", names.TAG_GIT_COMMIT: git_commit()},
-    )  # fmt: skip
+    mlflow_store.get_or_create_trial_run(client, experiment, parent, record.trial_id, identity, record.run_name,
+                                         record.role, record.params, record.tags)  # fmt: skip
     try:
         metrics = run_trial(settings)
-    except Exception as exc:
-        mlflow_store.finish_trial_run(client, run_id, {}, "failed", None, f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        record.outcome = Outcome("interrupted", {}, None, False)
+        reconcile(client, experiment, parent, record, identity)
         raise
-    mlflow_store.finish_trial_run(client, run_id, metrics, "finished", str(out), None)
+    except Exception as exc:
+        record.outcome = failed({}, f"{type(exc).__name__}: {exc}")
+        reconcile(client, experiment, parent, record, identity)
+        raise
+    record.outcome, record.folder = Outcome("finished", metrics, None, True), out
+    reconcile(client, experiment, parent, record, identity)
     console.print(f"baseline: test quality {metrics['test_quality']:.3f} at ${metrics['cost_usd']:.4f}")
     return float(metrics["cost_usd"])
-
-
-def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, grid: Any, ledger: Any,
-           baseline_cost: float, root: Path, uri: str) -> None:  # fmt: skip
-    from leaderboard import build, export_all
-    from sweeps.ledger import close_books
-    from tracking import mlflow_store
-
-    # The one spent figure (Ray's storage: every trial that reported, pruned, failed and lost attempts
-    # included, plus the baseline); the ledger file is made to agree, and `sync` reports the same.
-    spent = close_books(root, ledger)
-    out_dir = root / "leaderboard"
-    paths: list[Path] = []
-    try:
-        board = build([cfg.name], uri, None, 0.02, min_adapter_configs=cfg.min_adapter_configs)
-        paths = export_all(board.ranked, board.decision, out_dir, board.warnings)
-        from leaderboard import export
-
-        export(board.ranked, board.decision, "table", None, board.warnings)
-    except Exception as exc:  # the sweep's results are in MLflow either way; say why the board is missing
-        console.print(f"[yellow]leaderboard not written: {exc}[/]")
-    mlflow_store.finish_sweep_run(client, parent, {"spent_usd": spent}, [str(p) for p in paths])
-    console.print(f"spent ${spent:.4f} of ${ledger.budget_usd:.2f}")
-    failed = [r for r in grid if r.error] if grid is not None else []
-    if failed:  # the sweep itself succeeded; say which trials did not and where to read why
-        where = ", ".join(str(r.path) for r in failed[:3]) + (", ..." if len(failed) > 3 else "")
-        console.print(f"[yellow]{len(failed)} trial(s) failed: why in MLflow (tag {names.TAG_ERROR}) and in "
-                      f"error.txt and trial.log of {where}[/]")  # fmt: skip
-    if paths:
-        console.print(f"leaderboard: {out_dir}/leaderboard.{{csv,json,md,html}}")
-    console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`")
-

@@ -73,16 +73,16 @@ def test_a_local_ray_starts_no_dashboard(monkeypatch: pytest.MonkeyPatch) -> Non
     cluster (RAY_ADDRESS) leaves the cluster's own settings alone."""
     import ray
 
-    from sweeps import sweep
+    from sweeps import runtime
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("SWEEPBOARD_FAULT", raising=False)
-    sweep.ray_init(None)  # type: ignore[arg-type]
+    runtime.ray_init(None)  # type: ignore[arg-type]
     assert calls[-1]["include_dashboard"] is False
     assert calls[-1]["address"] == "local"  # never joins a `ray start` cluster it was not pointed at
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
-    sweep.ray_init(None)  # type: ignore[arg-type]
+    runtime.ray_init(None)  # type: ignore[arg-type]
     assert calls[-1] == {"address": "ray://head:10001", "log_to_driver": False, "runtime_env": None}

@@ -1,13 +1,12 @@
 """What a trial costs: wall time x the price per hour of the resources it holds.
 
 Wall time covers model load, training and evaluation; failed and pruned trials are charged the same
-way (they held the machine too). The budget ledger (sweeps/) builds on these functions.
+way (they held the machine too).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from tracking.prices import PriceQuote
 
@@ -29,23 +28,6 @@ def device_hours(wall_seconds: float, gpus: float, cpus: float) -> float:
         raise ValueError(f"resources: gpus={gpus}, cpus={cpus}: counts cannot be negative")
     hours = _hours(wall_seconds, "wall_seconds")
     return hours * (gpus if gpus > 0 else cpus)
-
-
-def projected_cost(expected_seconds: float, quote: PriceQuote) -> float:
-    """Cost of a trial that has not run yet, for admitting it against what is left of the budget."""
-    return _hours(expected_seconds, "expected_seconds") * quote.usd_per_hour
-
-
-def projected_seconds(
-    observed_seconds: Sequence[float], fallback_seconds: float, margin: float = 1.0
-) -> float:
-    """How long the next trial is expected to take: the longest one so far (the budget must not be
-    overrun, so the estimate errs high), or `fallback_seconds` before any has finished; x `margin`."""
-    if margin < 1:
-        raise ValueError(f"margin: {margin}: must be >= 1 (an estimate below the worst case can overrun)")
-    longest = max(observed_seconds, default=fallback_seconds)
-    _hours(longest, "observed_seconds")  # rejects NaN and negative times
-    return longest * margin
 
 
 def affordable_seconds(budget_usd: float, quote: PriceQuote) -> float:

@@ -11,6 +11,7 @@ in later (sweeps/sync.py), through the read helpers at the bottom.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import numbers
@@ -24,7 +25,6 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
 )
@@ -34,52 +34,82 @@ from tracking.names import (
     ARTIFACT_ADAPTER_DIR,
     ARTIFACT_METRICS,
     ARTIFACT_PREDICTIONS,
-    FINAL_METRICS,
+    EXPERIMENT_KIND,
+    SHARED_VIEW_KEY,
     TAG_ERROR,
-    TAG_METHOD,
-    TAG_METRIC,
+    TAG_EXPERIMENT_KIND,
     TAG_PARENT,
     TAG_ROLE,
+    TAG_SHARED_VIEW,
     TAG_STATUS,
     TAG_SWEEP,
-    TAG_TEST_SHA,
+    TAG_SWEEP_ID,
     TAG_TRIAL_ID,
 )
+from tracking.record import param_value
 
 log = logging.getLogger(__name__)
 
-# Statuses that end a run, and the MLflow run status each one maps to.
-_TERMINAL = {"finished": "FINISHED", "pruned": "FINISHED", "stopped": "FINISHED", "failed": "FAILED"}
+# The runs table as the shared view shows it (MLflow's column keys, type.`name`): trial and baseline runs, the
+# best on validation first.
+RUNS_VIEW = {
+    # Only child runs have a trial id; the UI applies a shared view's filter when it also names a sort key.
+    "searchFilter": f"tags.`{TAG_TRIAL_ID}` LIKE '%'",
+    "orderByKey": "metrics.`val_quality`",
+    "orderByAsc": False,
+    "selectedColumns": ["attributes.`Dataset`", "metrics.`test_quality`", "metrics.`val_quality`",
+                        "metrics.`cost_usd`", "params.`method`", "params.`rank`", "params.`learning_rate`",
+                        "params.`target_modules`", f"tags.`{TAG_STATUS}`"],
+}
+
+# Statuses that end a run (tracking/names.py STATUSES), and the MLflow run status each one maps to.
+_TERMINAL = {"finished": "FINISHED", "pruned": "FINISHED", "stopped": "FINISHED", "failed": "FAILED",
+             "interrupted": "KILLED"}
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The id of the experiment called `name` (the sweep name), created if missing."""
+    """The id of the experiment called `name` (the sweep name), created if missing, of the kind that MLflow's
+    UI opens on its runs table and with the runs view of ui_path (an experiment made before sweeps set these
+    gets them too)."""
+    tags = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND, TAG_SHARED_VIEW: json.dumps(RUNS_VIEW)}
 
     def get_or_create() -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags=tags)
         if experiment.lifecycle_stage == "deleted":
             raise ValueError(f"MLflow experiment {name!r} at {client.tracking_uri} is deleted; restore it "
                              f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
                              "or choose another sweep name")
+        for key, value in tags.items():
+            if key not in experiment.tags:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return str(experiment.experiment_id)
 
     return retry(get_or_create, f"experiment {name!r}", client)
 
 
-def start_sweep_run(client: MlflowClient, sweep: str, params: Mapping[str, Any],
+def ui_path(experiment_id: str) -> str:
+    """Where MLflow's UI shows a sweep's runs table with quality and cost (append it to the UI's address).
+
+    MLflow 3.17's UI opens the GenAI view unless told otherwise (workflowType), and shows no metric columns
+    by default: the experiment's shared view (RUNS_VIEW) names them."""
+    return f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={SHARED_VIEW_KEY}"
+
+
+def start_sweep_run(client: MlflowClient, sweep: str, sweep_id: str, params: Mapping[str, Any],
                     tags: Mapping[str, str] | None = None) -> str:
-    """The parent run of `sweep`: the existing one (resume, reopened) or a new one; never a second one."""
+    """The parent run of the sweep with id `sweep_id`: its existing one (resume, reopened) or a new one; never
+    a second one, and never the parent of an earlier sweep that had the same name."""
     experiment_id = ensure_experiment(client, sweep)
 
     def get_or_create() -> str:
-        found = _search(client, experiment_id, f"tags.`{TAG_ROLE}` = 'sweep'")
+        found = _search(client, experiment_id, _sweep_filter(sweep_id))
         if found:
             run_id = found.info.run_id
             _reopen(client, found)
         else:
-            tags = {TAG_SWEEP: sweep, TAG_ROLE: "sweep", TAG_STATUS: "running"}
+            tags = {TAG_SWEEP: sweep, TAG_SWEEP_ID: sweep_id, TAG_ROLE: "sweep", TAG_STATUS: "running"}
             run_id = client.create_run(experiment_id, run_name=f"{sweep}-sweep", tags=tags).info.run_id
         return run_id
 
@@ -88,20 +118,20 @@ def start_sweep_run(client: MlflowClient, sweep: str, params: Mapping[str, Any],
     return run_id
 
 
-def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> str | None:
-    """The run of a Ray Tune trial (by tag sweepboard.trial_id), or None."""
-    found = retry(lambda: _search(client, experiment_id, f"tags.`{TAG_TRIAL_ID}` = '{_quote(trial_id)}'"),
+def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str, sweep_id: str) -> str | None:
+    """The run of a Ray Tune trial (by tags sweepboard.trial_id and sweepboard.sweep_id), or None."""
+    found = retry(lambda: _search(client, experiment_id, _trial_filter(trial_id, sweep_id)),
                   f"search for trial {trial_id}", client)
     return found.info.run_id if found else None
 
 
 def get_or_create_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str,
-                            run_name: str, role: str, params: Mapping[str, Any],
+                            sweep_id: str, run_name: str, role: str, params: Mapping[str, Any],
                             tags: Mapping[str, str] | None = None) -> str:
-    """The run of `trial_id` under the parent run: found by tag and reopened, or created."""
+    """The run of `trial_id` of sweep `sweep_id` under the parent run: found by tags and reopened, or created."""
     if role not in ("trial", "baseline"):
         raise ValueError(f"role: {role!r}: a trial run has role 'trial' or 'baseline'")
-    filter_string = f"tags.`{TAG_TRIAL_ID}` = '{_quote(trial_id)}'"
+    filter_string = _trial_filter(trial_id, sweep_id)
 
     # Search and create as one retried unit: a create whose answer was lost is found by the next search.
     def get_or_create() -> str:
@@ -110,7 +140,8 @@ def get_or_create_trial_run(client: MlflowClient, experiment_id: str, parent_run
             _reopen(client, found)
             return found.info.run_id
         return client.create_run(experiment_id, run_name=run_name, tags={
-            TAG_PARENT: parent_run_id, TAG_ROLE: role, TAG_TRIAL_ID: trial_id, TAG_STATUS: "running",
+            TAG_PARENT: parent_run_id, TAG_ROLE: role, TAG_TRIAL_ID: trial_id, TAG_SWEEP_ID: sweep_id,
+            TAG_STATUS: "running",
         }).info.run_id
 
     run_id = retry(get_or_create, f"run of trial {trial_id}", client)
@@ -126,37 +157,12 @@ def log_step_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, An
         retry(lambda: client.log_batch(run_id, metrics=batch), f"metrics of run {run_id}", client)
 
 
-def finish_trial_run(client: MlflowClient, run_id: str, final: Mapping[str, Any], status: str,
-                     artifacts_dir: str | None = None, error: str | None = None) -> None:
-    """Log a trial's final metrics, status tags and artifacts, then end its run (FAILED if it failed)."""
-    if status not in _TERMINAL:
-        raise ValueError(f"status: {status!r}: a finished trial is one of {', '.join(_TERMINAL)}")
-    metrics = {key: final[key] for key in FINAL_METRICS if key in final}
-    # MLflow shows a metric's value at its highest step, so finals go at or after the last curve point.
-    log_step_metrics(client, run_id, metrics, final_step(client, run_id, metrics, final.get("steps_done")))
-    tags = {TAG_STATUS: status}
-    for key, tag in (("test_set_sha256", TAG_TEST_SHA), ("metric", TAG_METRIC), ("method", TAG_METHOD)):
-        if final.get(key):
-            tags[tag] = str(final[key])
-    if error:
-        tags[TAG_ERROR] = error[-MAX_TAG_VAL_LENGTH:]  # the end of a traceback names the cause
-    log_params_and_tags(client, run_id, {}, tags)
-    if artifacts_dir:
-        log_trial_artifacts(client, run_id, Path(artifacts_dir))
-    end_run(client, run_id, _TERMINAL[status])
-
-
-def interrupt_trial_run(client: MlflowClient, run_id: str) -> None:
-    """End the run of a trial the sweep left unfinished (interrupted); a resume reopens it."""
-    log_params_and_tags(client, run_id, {}, {TAG_STATUS: "stopped"})
-    end_run(client, run_id, "KILLED")
-
-
 def finish_sweep_run(client: MlflowClient, run_id: str, metrics: Mapping[str, Any],
                      artifacts: Iterable[str | Path] = (), status: str = "finished") -> None:
-    """Log the sweep's totals and artifacts (files or folders) on the parent run and end it."""
-    if status not in _TERMINAL:
-        raise ValueError(f"status: {status!r}: a sweep ends as one of {', '.join(_TERMINAL)}")
+    """Log the sweep's totals and artifacts (files or folders) on the parent run and end it: FINISHED when
+    the sweep finished, KILLED when it was interrupted (Ctrl-C), FAILED when it crashed."""
+    if status not in ("finished", "interrupted", "failed"):
+        raise ValueError(f"status: {status!r}: a sweep ends as finished, interrupted or failed")
     log_step_metrics(client, run_id, metrics, 0)
     for artifact in map(Path, artifacts):
         if artifact.is_dir():
@@ -170,21 +176,12 @@ def finish_sweep_run(client: MlflowClient, run_id: str, metrics: Mapping[str, An
     end_run(client, run_id, _TERMINAL[status])
 
 
-def param_value(value: Any) -> str | None:
-    """How a config value reads as an MLflow param; None for a value that is not set."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)  # target_modules read back as "q_proj,k_proj,..."
-    return str(value)[:MAX_PARAM_VAL_LENGTH]
-
-
 # Read helpers and single writes for `sweepboard sync`, which compares what a run holds with Ray's record
 # of the trial and writes only what is missing.
 
-def find_sweep_run(client: MlflowClient, experiment_id: str) -> Run | None:
-    """The parent run of the sweep in `experiment_id` (role sweep), or None."""
-    return retry(lambda: _search(client, experiment_id, f"tags.`{TAG_ROLE}` = 'sweep'"), "parent run", client)
+def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:
+    """The parent run of sweep `sweep_id` in `experiment_id`, or None."""
+    return retry(lambda: _search(client, experiment_id, _sweep_filter(sweep_id)), "parent run", client)
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
@@ -295,6 +292,14 @@ def log_trial_artifacts(client: MlflowClient, run_id: str, folder: Path, skip: I
 def _is_number(value: Any) -> bool:
     # numbers.Real takes numpy scalars too; a bool is an int to Python but no metric.
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _sweep_filter(sweep_id: str) -> str:
+    return f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_ID}` = '{_quote(sweep_id)}'"
+
+
+def _trial_filter(trial_id: str, sweep_id: str) -> str:
+    return f"tags.`{TAG_TRIAL_ID}` = '{_quote(trial_id)}' and tags.`{TAG_SWEEP_ID}` = '{_quote(sweep_id)}'"
 
 
 def _quote(value: str) -> str:

@@ -7,6 +7,7 @@ One experiment per sweep name; one parent run per sweep (role "sweep"); one chil
 from __future__ import annotations
 
 TAG_SWEEP = "sweepboard.sweep"  # sweep name (also the experiment name)
+TAG_SWEEP_ID = "sweepboard.sweep_id"  # the sweep's own id (sweepboard.json): a reused name never mixes sweeps
 TAG_ROLE = "sweepboard.role"  # "sweep" | "trial" | "baseline"
 TAG_TRIAL_ID = "sweepboard.trial_id"  # Ray Tune trial id, stable across resume
 TAG_METHOD = "sweepboard.method"  # "none" | "lora" | "qlora" | "full"
@@ -16,23 +17,21 @@ TAG_METRIC = "sweepboard.metric"  # "exact_match" | "token_f1" | "accuracy"
 TAG_GIT_COMMIT = "sweepboard.git_commit"
 TAG_ERROR = "sweepboard.error"  # reason of a failed trial
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview; this value opens the runs table
+# ("Machine learning" in the UI's experiment-type selector).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# A view of the runs table kept on the experiment (MLflow's shared views: a tag read by ?viewStateShareKey=):
+# the trial and baseline runs with their quality, cost, method and datasets as columns.
+SHARED_VIEW_KEY = "sweepboard"
+TAG_SHARED_VIEW = f"mlflow.sharedViewState.{SHARED_VIEW_KEY}"
+# The context of a dataset input (MLflow's own key): which split of the data a run used it as.
+TAG_DATASET_CONTEXT = "mlflow.data.context"
 
-ROLES = ("sweep", "trial", "baseline")
-STATUSES = ("running", "finished", "pruned", "stopped", "failed")
-
-# Params of a trial run (all strings in MLflow).
-TRIAL_PARAMS = (
-    "method",
-    "rank",
-    "alpha",
-    "target_modules",
-    "lora_dropout",
-    "learning_rate",
-    "steps",
-    "batch_size",
-    "model",
-    "precision",
-)
+# How a trial or a sweep ended. "stopped": a trial the budget told to stop training, evaluated on the test
+# set (it has a test score); "interrupted": left before its final evaluation (Ctrl-C, a lost driver), its run
+# KILLED until a resume finishes it; a sweep ends "finished", "interrupted" (Ctrl-C) or "failed" (a crash).
+STATUSES = ("running", "finished", "pruned", "stopped", "interrupted", "failed")
 
 # Final metrics of a trial run. Step curves: "train_loss" and "val_quality" logged with step=training step.
 FINAL_METRICS = (
@@ -49,6 +48,11 @@ FINAL_METRICS = (
     "total_params",
     "adapter_mb",
     "steps_done",
+    "n_train",
+    "n_val",
+    "truncated_train",
+    "truncated_val",
+    "truncated_test",
 )
 
 # Artifacts of a trial run.
@@ -56,7 +60,3 @@ ARTIFACT_METRICS = "metrics.json"
 # One JSON object per test example: expected, predicted, score.
 ARTIFACT_PREDICTIONS = "test_predictions.jsonl"
 ARTIFACT_ADAPTER_DIR = "adapter"
-
-# Parent (sweep) run.
-SWEEP_PARAMS = ("budget_usd", "price_per_hour", "max_trials", "concurrency", "space", "config")
-SWEEP_METRICS = ("spent_usd", "trials_done", "trials_pruned", "trials_failed")

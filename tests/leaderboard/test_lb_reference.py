@@ -108,3 +108,28 @@ def test_a_predictions_file_of_the_wrong_length_is_not_paired(store) -> None:
     # 10 examples best gets and whole misses, none the other way: McNemar p = 2 x 0.5^10.
     assert rows.loc["whole", "tie_test"] == "mcnemar-exact"
     assert rows.loc["whole", "p_vs_best"] == pytest.approx(2 * 0.5**10)
+
+
+def test_a_reused_sweep_name_shows_only_the_newest_sweeps_runs(tmp_path) -> None:
+    """A sweep started again under a used name (its folder deleted) has a new sweep id and parent: the board
+    by that name is the new sweep's, the old runs are left out with a warning, never mixed in."""
+    from tracking.names import TAG_ROLE, TAG_SWEEP_ID
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    log_sweep(client, tmp_path, "reused", "exact_match", [lora("old-a", 0.9), lora("old-b", 0.8)])
+    experiment = client.get_experiment_by_name("reused").experiment_id
+    for run in client.search_runs([experiment]):
+        client.set_tag(run.info.run_id, TAG_SWEEP_ID, "old-id")
+    parent = client.create_run(experiment, tags={TAG_ROLE: "sweep", TAG_SWEEP_ID: "new-id"})
+    client.set_terminated(parent.info.run_id)
+    assert load_runs(["reused"], uri)[0].empty  # the new sweep has no trials yet: none of the old ones show
+    old_tags = client.search_runs([experiment], "attributes.run_name = 'old-a'")[0].data.tags
+    tags = {k: v for k, v in old_tags.items() if not k.startswith("mlflow.")}
+    new = client.create_run(experiment, run_name="new-a", tags={
+        **tags, TAG_SWEEP_ID: "new-id", "mlflow.parentRunId": parent.info.run_id})
+    client.log_metric(new.info.run_id, "test_quality", 0.5)
+    client.log_metric(new.info.run_id, "val_quality", 0.5)
+    df, warnings = load_runs(["reused"], uri)
+    assert list(df["run_name"]) == ["new-a"]
+    assert any("left out 3 run(s) of 1 earlier sweep(s)" in w and "new-id" in w for w in warnings), warnings

@@ -19,9 +19,11 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from sweeps.mlflow_callback import MLflowTrialLogger, run_name, trial_params
+from sweeps.mlflow_callback import MLflowTrialLogger
+from sweeps.reconcile import run_name, trial_params
 from tracking import mlflow_store as store
 from tracking.names import (
+    TAG_DATASET_CONTEXT,
     TAG_ERROR,
     TAG_GIT_COMMIT,
     TAG_METHOD,
@@ -30,18 +32,27 @@ from tracking.names import (
     TAG_ROLE,
     TAG_STATUS,
     TAG_SWEEP,
+    TAG_SWEEP_ID,
     TAG_TEST_SHA,
     TAG_TRIAL_ID,
 )
 
 SHA = "d" * 64
+SWEEP_ID = "5eed" * 8
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
-LORA = {"method": "lora", "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"],
-        "lora_dropout": 0.05, "learning_rate": 2e-4, "lora.rank": 8, "steps": 3}
-FULL = {"method": "full", "rank": None, "alpha": None, "learning_rate": 1e-5, "steps": 3}
-BASELINE = {"method": "none", "steps": 0}
+# Shaped as a sweep's Tune config: the searched values at the top (with Optuna's "lora.rank" copies), the
+# fixed settings under sweepboard_trial (sweeps/tune_run.py param_space).
+LORA = {"method": "lora", "rank": 8, "alpha": 16, "target_modules": "q_proj,v_proj",
+        "lora_dropout": 0.05, "learning_rate": 2e-4, "lora.rank": 8,
+        "sweepboard_trial": {"steps": 3, "batch_size": 2, "data": {"source": "builtin:dates", "lock_dir": "/l"}}}
+FULL = {"method": "full", "rank": None, "alpha": None, "learning_rate": 1e-5, "sweepboard_trial": {"steps": 3}}
+BASELINE = {"method": "none", "sweepboard_trial": {"steps": 0}}
+
+
+def with_steps(config: dict[str, Any], steps: int) -> dict[str, Any]:
+    return {**config, "sweepboard_trial": {**config["sweepboard_trial"], "steps": steps}}
 
 
 def trainable(config: dict[str, Any]) -> None:
@@ -52,7 +63,8 @@ def trainable(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             start = json.loads(Path(folder, "state.json").read_text())["step"]
     # Keys one config of a grid lacks arrive as None (see _grid).
-    steps, quality = int(config["steps"]), float(config.get("quality") or 0.5)
+    steps = int(config["sweepboard_trial"]["steps"])
+    quality = float(config.get("quality") or 0.5)
     for step in range(start + 1, steps + 1):
         time.sleep(float(config.get("sleep") or 0.0))
         if config.get("fail_at") == step:
@@ -67,7 +79,8 @@ def trainable(config: dict[str, Any]) -> None:
              "tokens_per_second": 99.0, "peak_memory_mb": 300.0, "trainable_params": 1000,
              "total_params": 10_000, "adapter_mb": 0.5,
              "steps_done": steps, "status": "finished", "test_set_sha256": SHA, "metric": "exact_match",
-             "method": config["method"]}
+             "method": config["method"], "n_train": 50, "n_val": 10, "val_set_sha256": "e" * 64,
+             "precision": "fp32"}
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "state.json").write_text(json.dumps({"step": steps}))
         Path(folder, "metrics.json").write_text(json.dumps(final))
@@ -148,8 +161,8 @@ def grid(configs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def sweep(tmp_path: Path, uri: str) -> tuple[MlflowClient, str, MLflowTrialLogger]:
     client = MlflowClient(tracking_uri=uri)
-    parent = store.start_sweep_run(client, "demo", {"budget_usd": 1.0}, {TAG_TEST_SHA: SHA})
-    return client, parent, MLflowTrialLogger(uri, "demo", parent, "feedc0de", {TAG_TEST_SHA: SHA})
+    parent = store.start_sweep_run(client, "demo", SWEEP_ID, {"budget_usd": 1.0}, {TAG_TEST_SHA: SHA})
+    return client, parent, MLflowTrialLogger(uri, "demo", SWEEP_ID, parent, "feedc0de", {TAG_TEST_SHA: SHA})
 
 
 def trial_runs(client: MlflowClient) -> dict[str, Run]:
@@ -177,21 +190,35 @@ def test_one_run_per_trial_with_params_curves_finals_and_failures(tmp_path):
     lora, full, baseline, failed = (by_index[i] for i in range(4))
     assert lora.info.run_name == f"lora-r8-{lora.data.tags[TAG_TRIAL_ID]}"
     assert full.info.run_name.startswith("full-lr1e-05-")
-    # Plain keys only: not Optuna's "lora.rank" copy, not unset (None) adapter settings of full fine-tuning.
-    assert lora.data.params == {"method": "lora", "rank": "8", "alpha": "16", "lora_dropout": "0.05",
-                                "target_modules": "q_proj,v_proj", "learning_rate": "0.0002", "steps": "3"}
-    assert full.data.params == {"method": "full", "learning_rate": "1e-05", "steps": "3"}
+    # Every setting: the searched ones, the fixed ones (defaults too), the precision the trial resolved "auto"
+    # to; not Optuna's "lora.rank" copy, not settings full fine-tuning does not use.
+    assert {"method": "lora", "rank": "8", "alpha": "16.0", "lora_dropout": "0.05", "steps": "3",
+            "target_modules": "q_proj,v_proj", "learning_rate": "0.0002", "batch_size": "2", "grad_accum": "1",
+            "max_seq_len": "256", "seed": "0", "model": "smollm2-135m", "data.source": "builtin:dates",
+            "data.lock_dir": "/l", "data.metric": "exact_match", "data.prompt_template": "{prompt}",
+            "precision": "fp32"}.items() <= lora.data.params.items()
+    assert "lora.rank" not in lora.data.params and "out" not in lora.data.params
+    assert {"method": "full", "learning_rate": "1e-05", "steps": "3", "batch_size": "8"}.items() <= \
+        full.data.params.items()
+    assert not {"rank", "alpha", "lora_dropout", "target_modules"} & set(full.data.params)
+    assert not {"steps", "learning_rate", "rank"} & set(baseline.data.params)
     for run, steps in ((lora, 3), (full, 3), (baseline, 0)):
         tags = run.data.tags
         assert run.info.status == "FINISHED" and tags[TAG_STATUS] == "finished"
         assert tags[TAG_PARENT] == parent and tags[TAG_SWEEP] == "demo" and tags[TAG_GIT_COMMIT] == "feedc0de"
-        assert tags[TAG_TEST_SHA] == SHA and tags[TAG_METRIC] == "exact_match"
-        assert run.data.metrics["test_quality"] == 0.5
+        assert tags[TAG_TEST_SHA] == SHA and tags[TAG_METRIC] == "exact_match" and tags[TAG_SWEEP_ID] == SWEEP_ID
+        assert run.data.metrics["test_quality"] == 0.5 and run.data.metrics["n_train"] == 50
+        # The locked test set and the validation set as dataset inputs (no train hash in these metrics).
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert {c: d.digest for c, d in inputs.items()} == {"test": SHA[:12], "validation": "e" * 12}
+        assert inputs["test"].name == "dates-locked-test" and '"num_rows": 20' in inputs["test"].profile
+        assert all(i.tags[0].key == TAG_DATASET_CONTEXT for i in run.inputs.dataset_inputs)
         assert run.data.metrics["cost_usd"] == pytest.approx(0.01 * steps + 0.005)  # the final, not the curve
     assert lora.data.tags[TAG_ROLE] == "trial" and baseline.data.tags[TAG_ROLE] == "baseline"
     assert baseline.data.tags[TAG_METHOD] == "none" and baseline.info.run_name.startswith("baseline-")
     assert steps_of(client, lora, "train_loss") == [1, 2, 3]
-    assert steps_of(client, lora, "val_quality") == [1, 2, 3, 3, 3]  # curve, final report, final metric
+    # The curve, then the final report; the final metric is not logged again: it holds that value already.
+    assert steps_of(client, lora, "val_quality") == [1, 2, 3, 3]
     assert "learning_rate" not in lora.data.metrics  # not a curve
     artifacts = {a.path for a in client.list_artifacts(lora.info.run_id)}
     assert artifacts == {"metrics.json", "test_predictions.jsonl", "adapter"}
@@ -207,7 +234,7 @@ def test_one_run_per_trial_with_params_curves_finals_and_failures(tmp_path):
 def test_asha_stopped_trials_are_pruned_with_their_cost(tmp_path):
     client, _, logger = sweep(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
     # One at a time, best first: every later trial is below the rung cutoff at its first report.
-    configs = [{**LORA, "steps": 4, "quality": q} for q in (0.9, 0.2, 0.1)]
+    configs = [{**with_steps(LORA, 4), "quality": q} for q in (0.9, 0.2, 0.1)]
     # max_t beyond the last step: ASHA stops a trial whose step reaches max_t, before its final report.
     asha = ASHAScheduler(metric="val_quality", mode="max", time_attr="step", max_t=5, grace_period=1,
                          reduction_factor=2)
@@ -224,13 +251,13 @@ def test_asha_stopped_trials_are_pruned_with_their_cost(tmp_path):
 def test_restored_sweep_logs_into_the_same_runs(tmp_path):
     client, _, logger = sweep(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
     recorder = Recorder(tmp_path / "events.jsonl", interrupt_when_reporting=2)
-    space = {**LORA, "steps": 6, "sleep": 0.4, "quality": tune.grid_search([0.5, 0.6, 0.7])}
+    space = {**with_steps(LORA, 6), "sleep": 0.4, "quality": tune.grid_search([0.5, 0.6, 0.7])}
     results = tuner(tmp_path, space, [logger, recorder]).fit()
     assert (tmp_path / "events.jsonl").with_suffix(".interrupted").exists()
     before = trial_runs(client)
     assert len(before) == 2  # the two trials that had started; the third was still pending
     for run in before.values():
-        assert run.info.status == "KILLED" and run.data.tags[TAG_STATUS] == "stopped"
+        assert run.info.status == "KILLED" and run.data.tags[TAG_STATUS] == "interrupted"
     assert all((results[n].metrics or {}).get("phase") != "final" for n in range(len(results)))
 
     path = str(tmp_path / "ray" / "demo")
@@ -242,6 +269,7 @@ def test_restored_sweep_logs_into_the_same_runs(tmp_path):
     for trial_id, run in after.items():
         assert run.info.status == "FINISHED" and run.data.tags[TAG_STATUS] == "finished"
         assert set(steps_of(client, run, "train_loss")) == {1, 2, 3, 4, 5, 6}
+        assert len(run.inputs.dataset_inputs) == 2  # test and validation, once each
         if trial_id in before:
             assert run.info.run_id == before[trial_id].info.run_id
 
@@ -258,21 +286,55 @@ def test_restored_sweep_logs_into_the_same_runs(tmp_path):
     assert all(Path(e["checkpoint"]).name.startswith("checkpoint_") for e in completes)
 
 
-def test_params_and_names_from_a_config():
-    config = {**LORA, "lora.alpha": 16, "steps": 40, "batch_size": 8, "seed": 3}
-    assert trial_params(config) == {"method": "lora", "rank": 8, "alpha": 16, "lora_dropout": 0.05,
-                                    "target_modules": ["q_proj", "v_proj"], "learning_rate": 2e-4,
-                                    "steps": 40, "batch_size": 8}
-    assert trial_params(FULL) == {"method": "full", "learning_rate": 1e-5, "steps": 3}
+def test_params_of_a_real_sweep_config_hold_every_setting(tmp_path, monkeypatch):
+    """The Tune config a sweep passes (param_space on sweeps/configs/smoke.yaml), with searched values on top."""
+    from sweeps import config as sweep_config
+    from sweeps.tune_run import param_space, trial_base
+
+    monkeypatch.chdir(tmp_path)
+    cfg = sweep_config.load(str(REPO / "sweeps" / "configs" / "smoke.yaml"), {})
+    space = param_space(cfg, trial_base(cfg))
+    lora = trial_params({**space, "method": "lora", "rank": 8, "alpha": 16, "target_modules": "attention+mlp",
+                         "learning_rate": 3e-4, "lora.rank": 8, "lora.alpha": 16})
+    assert {"method": "lora", "rank": 8, "alpha": 16.0, "target_modules": "attention+mlp", "learning_rate": 3e-4,
+            "model": "builtin:tiny", "steps": 6, "batch_size": 4, "grad_accum": 1, "max_seq_len": 256, "seed": 0,
+            "eval_every": 2, "max_new_tokens": 12, "data.source": "builtin:dates", "data.metric": "exact_match",
+            "data.prompt_template": "{prompt}", "data.test_size": 40, "data.val_size": 20,
+            "data.seed": 1234}.items() <= lora.items()
+    assert lora["data.lock_dir"].startswith(str(tmp_path))  # where the locked test set lives
+    # Not: Optuna's copies, the sweep's own keys, where the trial writes, an "auto" precision (its metrics.json
+    # says what it resolved to), unset values.
+    assert not {"lora.rank", "sweepboard_sweep", "sweepboard_root", "out", "cache_dir", "precision"} & set(lora)
+    assert None not in lora.values()
+    full = trial_params({**space, "method": "full", "learning_rate": 1e-5})
+    assert full["learning_rate"] == 1e-5 and not {"rank", "alpha", "target_modules", "lora_dropout"} & set(full)
+    baseline = trial_params({"method": "none", "sweepboard_trial": space["sweepboard_trial"]})
+    assert baseline["model"] == "builtin:tiny" and not {"steps", "learning_rate", "batch_size"} & set(baseline)
+
+
+def test_long_values_are_cut_visibly_and_names_tell_runs_apart():
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from tracking.record import param_value
+
+    long = param_value("x" * (MAX_PARAM_VAL_LENGTH + 50))
+    assert long is not None and len(long) == MAX_PARAM_VAL_LENGTH and long.endswith("…")
+    assert param_value(["q_proj", "v_proj"]) == "q_proj,v_proj" and param_value(None) is None
     assert run_name(LORA, "t1") == "lora-r8-t1" and run_name(FULL, "t2") == "full-lr1e-05-t2"
     assert run_name(BASELINE, "t3") == "baseline-t3" and run_name({}, "t4") == "trial-t4"
 
 
 def test_a_failure_report_ended_by_a_stopper_is_failed_and_error_text_is_plain() -> None:
-    from sweeps.mlflow_callback import _plain, completed
+    from sweeps.reconcile import _plain, completed, interrupted
 
     outcome = completed({"phase": "failed", "error": "RuntimeError: boom", "cost_usd": 0.25})
     assert outcome.status == "failed" and outcome.error == "RuntimeError: boom"
     assert outcome.final.get("cost_usd") == 0.25  # its cost still counts
     assert completed({"phase": "train", "cost_usd": 0.1}).status == "pruned"
+    # Stopped by the budget, then evaluated (a test score): apart from one interrupted before its evaluation.
+    stopped = completed({"phase": "final", "status": "stopped", "test_quality": 0.4, "cost_usd": 0.2})
+    assert stopped.status == "stopped" and stopped.artifacts and store.mlflow_status("stopped") == "FINISHED"
+    cut = interrupted({"phase": "train", "step": 3, "cost_usd": 0.1, "test_quality": 0.9})
+    assert cut.status == "interrupted" and cut.final == {"cost_usd": 0.1} and not cut.artifacts
+    assert store.mlflow_status("interrupted") == "KILLED"
     assert _plain("\x1b[36mray::ImplicitFunc.train()\x1b[39m failed") == "ray::ImplicitFunc.train() failed"

@@ -16,12 +16,14 @@ from test_mlflow_callback import (  # ray_cluster: the module's own local Ray, a
     FULL,
     LORA,
     SHA,
+    SWEEP_ID,
     grid,
     ray_cluster,  # noqa: F401
     steps_of,
     sweep,
     trial_runs,
     tuner,
+    with_steps,
 )
 
 from sweeps import mlflow_callback
@@ -65,15 +67,18 @@ def snapshot(client: MlflowClient) -> dict[str, Any]:
 
 
 def write_sweep_state(root: Path) -> None:
-    """The part of the sweep's own state file (sweeps/sweep.py) that sync reads."""
-    (root / "sweepboard.json").write_text(json.dumps({"config": {"trial": {}}, "budget_usd": 1.0}))
+    """The part of the sweep's own state file (sweeps/sweep.py, sweeps/runtime.py) that sync reads: the sweep
+    ended (its driver records that before it ends the parent run, which failed here with the server down)."""
+    state = {"config": {"trial": {}}, "budget_usd": 1.0, "sweep_id": SWEEP_ID, "ended": "finished"}
+    (root / "sweepboard.json").write_text(json.dumps(state))
 
 
 @pytest.mark.slow
 def test_concurrent_trials_through_an_mlflow_server(tmp_path, mlflow_server):
     conn.check_reachable(mlflow_server)
     client, parent, logger = sweep(tmp_path, mlflow_server)
-    configs: list[dict[str, Any]] = [{**LORA, "steps": 5, "sleep": 0.2}, {**FULL, "steps": 5, "sleep": 0.2}]
+    configs: list[dict[str, Any]] = [{**with_steps(LORA, 5), "sleep": 0.2},
+                                     {**with_steps(FULL, 5), "sleep": 0.2}]
     results = tuner(tmp_path, grid(configs), [logger], max_concurrent_trials=2).fit()
     assert not results.errors
     runs = trial_runs(client)
@@ -87,7 +92,8 @@ def test_concurrent_trials_through_an_mlflow_server(tmp_path, mlflow_server):
 @pytest.mark.slow
 def test_trials_outlive_a_dead_server_and_sync_copies_the_rest(tmp_path, server, capsys):
     client, parent, logger = sweep(tmp_path, server.uri)
-    configs: list[dict[str, Any]] = [{**LORA, "steps": 6, "sleep": 0.2}, {**FULL, "steps": 6, "sleep": 0.2}]
+    configs: list[dict[str, Any]] = [{**with_steps(LORA, 6), "sleep": 0.2},
+                                     {**with_steps(FULL, 6), "sleep": 0.2}]
     # The 3rd result: both runs exist and have curve points; the rest of the sweep happens without MLflow.
     results = tuner(tmp_path, grid(configs), [logger, ServerOutage(server, kill_at=3)]).fit()
     assert not results.errors  # Tune did not abort: the callback raised nothing
@@ -132,7 +138,8 @@ def test_trials_outlive_a_dead_server_and_sync_copies_the_rest(tmp_path, server,
 def test_queued_results_are_logged_when_the_server_answers_again(tmp_path, server, monkeypatch):
     monkeypatch.setattr(mlflow_callback, "RETRY_AFTER_S", (0.5,))
     client, _, logger = sweep(tmp_path, server.uri)
-    configs: list[dict[str, Any]] = [{**LORA, "steps": 8, "sleep": 0.2}, {**FULL, "steps": 8, "sleep": 0.2}]
+    configs: list[dict[str, Any]] = [{**with_steps(LORA, 8), "sleep": 0.2},
+                                     {**with_steps(FULL, 8), "sleep": 0.2}]
     outage = ServerOutage(server, kill_at=3, restart_at=7)
     results = tuner(tmp_path, grid(configs), [logger, outage]).fit()
     assert not results.errors and outage.results > 7

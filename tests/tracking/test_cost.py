@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracking.cost import affordable_seconds, device_hours, projected_cost, projected_seconds, trial_cost
+from tracking.cost import affordable_seconds, device_hours, trial_cost
 from tracking.prices import DeviceInfo, price_per_hour
 
 
@@ -38,13 +38,7 @@ def test_device_hours_counts_gpus_else_vcpus() -> None:
         device_hours(10, gpus=-1, cpus=2)
 
 
-def test_projections_err_on_the_expensive_side() -> None:
+def test_affordable_seconds_is_the_budget_over_the_price() -> None:
     quote = price_per_hour("NVIDIA A100-SXM4-80GB", gpus=1, cpus=0)
-    assert projected_seconds([], fallback_seconds=600) == 600
-    assert projected_seconds([100, 400, 250], fallback_seconds=600) == 400
-    assert projected_seconds([100], fallback_seconds=600, margin=1.5) == 150
-    with pytest.raises(ValueError, match="margin"):
-        projected_seconds([100], 600, margin=0.5)
-    assert projected_cost(3600, quote) == pytest.approx(1.30)
     assert affordable_seconds(1.30, quote) == pytest.approx(3600)
     assert affordable_seconds(-5, quote) == 0.0

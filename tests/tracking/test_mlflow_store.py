@@ -1,4 +1,5 @@
-"""tracking.mlflow_store against a real MLflow SQLite store (and a real locked SQLite file)."""
+"""tracking.mlflow_store against a real MLflow SQLite store (and a real locked SQLite file); a trial's end as
+sweeps/reconcile.py (the one writer of trial runs) writes it through the store."""
 
 from __future__ import annotations
 
@@ -19,21 +20,26 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leaderboard import load_runs
+from sweeps import reconcile as rec
 from tracking import mlflow_conn as conn
 from tracking import mlflow_store as store
 from tracking.names import (
+    EXPERIMENT_KIND,
     TAG_ERROR,
+    TAG_EXPERIMENT_KIND,
     TAG_METHOD,
     TAG_METRIC,
     TAG_PARENT,
     TAG_ROLE,
     TAG_STATUS,
     TAG_SWEEP,
+    TAG_SWEEP_ID,
     TAG_TEST_SHA,
     TAG_TRIAL_ID,
 )
 
 SHA = "c" * 64
+SWEEP_ID = "a1" * 16
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +57,24 @@ def client(tmp_path: Path, empty_db: Path) -> MlflowClient:
 
 
 def trial_run(client: MlflowClient, trial_id: str = "abc_00000", **params: object) -> tuple[str, str, str]:
-    parent = store.start_sweep_run(client, "demo", {"budget_usd": 5.0})
+    parent = store.start_sweep_run(client, "demo", SWEEP_ID, {"budget_usd": 5.0})
     experiment_id = store.ensure_experiment(client, "demo")
     params = params or {"method": "lora", "rank": 16, "target_modules": ["q_proj", "v_proj"], "alpha": None}
-    run_id = store.get_or_create_trial_run(client, experiment_id, parent, trial_id, f"lora-r16-{trial_id}",
-                                           "trial", params, {TAG_SWEEP: "demo", TAG_METHOD: "lora"})
+    run_id = store.get_or_create_trial_run(client, experiment_id, parent, trial_id, SWEEP_ID,
+                                           f"lora-r16-{trial_id}", "trial", params,
+                                           {TAG_SWEEP: "demo", TAG_METHOD: "lora"})
     return experiment_id, parent, run_id
+
+
+def finish(client: MlflowClient, final: dict, status: str, folder: str | None = None, error: str | None = None,
+           trial_id: str = "abc_00000") -> str:
+    """End a trial's run as the sweep does: through sweeps/reconcile.py."""
+    experiment_id = store.ensure_experiment(client, "demo")
+    parent = store.find_sweep_run(client, experiment_id, SWEEP_ID)
+    assert parent is not None
+    outcome = rec.Outcome(status, final, error, folder is not None)
+    record = rec.TrialRecord(trial_id, "x", "trial", {}, {}, outcome, folder=Path(folder) if folder else None)
+    return rec.reconcile(client, experiment_id, parent.info.run_id, record, SWEEP_ID)
 
 
 def test_tracking_uri_explicit_then_environment_then_absolute_default(tmp_path, monkeypatch):
@@ -116,33 +134,51 @@ def test_check_reachable_http(tmp_path):
 
 def test_sweep_run_is_reused_not_duplicated(client, caplog):
     params = {"budget_usd": 5.0, "space": "default.yaml"}
-    first = store.start_sweep_run(client, "demo", params, {TAG_TEST_SHA: SHA})
-    store.finish_sweep_run(client, first, {"spent_usd": 1.0})
-    again = store.start_sweep_run(client, "demo", {"budget_usd": 9.0, "max_trials": 3})
+    first = store.start_sweep_run(client, "demo", SWEEP_ID, params, {TAG_TEST_SHA: SHA})
+    store.finish_sweep_run(client, first, {"spent_usd": 1.0}, status="interrupted")
+    assert client.get_run(first).info.status == "KILLED"
+    again = store.start_sweep_run(client, "demo", SWEEP_ID, {"budget_usd": 9.0, "max_trials": 3})
     assert again == first
     experiment = client.get_experiment_by_name("demo")
+    assert experiment.tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND  # the UI opens it on its runs table
     assert len(client.search_runs([experiment.experiment_id])) == 1
     run = client.get_run(first)
     assert run.info.status == "RUNNING" and run.data.tags[TAG_STATUS] == "running"
     assert run.data.params == {"budget_usd": "5.0", "space": "default.yaml", "max_trials": "3"}
     assert run.data.tags[TAG_ROLE] == "sweep" and run.data.tags[TAG_TEST_SHA] == SHA
+    assert run.data.tags[TAG_SWEEP_ID] == SWEEP_ID
     assert "budget_usd stays '5.0'" in caplog.text
+    # Another sweep under the same name (its folder deleted, started anew) gets a parent of its own.
+    other = store.start_sweep_run(client, "demo", "b2" * 16, {"budget_usd": 1.0})
+    assert other != first and len(client.search_runs([experiment.experiment_id])) == 2
+    with pytest.raises(ValueError, match="finished, interrupted or failed"):
+        store.finish_sweep_run(client, other, {}, status="pruned")
+
+
+def test_an_experiment_made_before_the_kind_was_set_gets_it(client):
+    experiment_id = client.create_experiment("old")
+    assert TAG_EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags
+    assert store.ensure_experiment(client, "old") == experiment_id
+    assert client.get_experiment(experiment_id).tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
 
 
 def test_trial_run_found_by_tag_and_reopened(client):
     experiment_id, parent, run_id = trial_run(client)
-    assert store.find_trial_run(client, experiment_id, "abc_00000") == run_id
-    assert store.find_trial_run(client, experiment_id, "other_00001") is None
-    assert store.find_trial_run(client, experiment_id, "it's") is None  # quoted, not a filter syntax error
+    assert store.find_trial_run(client, experiment_id, "abc_00000", SWEEP_ID) == run_id
+    assert store.find_trial_run(client, experiment_id, "abc_00000", "another-sweep") is None
+    assert store.find_trial_run(client, experiment_id, "other_00001", SWEEP_ID) is None
+    assert store.find_trial_run(client, experiment_id, "it's", SWEEP_ID) is None  # quoted, not a syntax error
     run = client.get_run(run_id)
     assert run.info.run_name == "lora-r16-abc_00000"
     assert run.data.tags[TAG_PARENT] == parent and run.data.tags[TAG_TRIAL_ID] == "abc_00000"
     assert run.data.tags[TAG_ROLE] == "trial" and run.data.tags[TAG_STATUS] == "running"
+    assert run.data.tags[TAG_SWEEP_ID] == SWEEP_ID
     assert run.data.params == {"method": "lora", "rank": "16", "target_modules": "q_proj,v_proj"}
 
-    store.finish_trial_run(client, run_id, {"cost_usd": 0.2}, "failed", error="Boom")
-    again = store.get_or_create_trial_run(client, experiment_id, parent, "abc_00000", "ignored", "trial",
-                                          {"method": "lora", "rank": 16, "steps": 40})
+    assert finish(client, {"cost_usd": 0.2}, "failed", error="Boom") == "updated"
+    assert client.get_run(run_id).data.tags[TAG_ERROR] == "Boom"
+    again = store.get_or_create_trial_run(client, experiment_id, parent, "abc_00000", SWEEP_ID, "ignored",
+                                          "trial", {"method": "lora", "rank": 16, "steps": 40})
     assert again == run_id
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING" and run.data.tags[TAG_STATUS] == "running"
@@ -150,7 +186,7 @@ def test_trial_run_found_by_tag_and_reopened(client):
     assert run.data.params["steps"] == "40"
     assert len(client.search_runs([experiment_id], f"tags.`{TAG_ROLE}` = 'trial'")) == 1
     with pytest.raises(ValueError, match="role"):
-        store.get_or_create_trial_run(client, experiment_id, parent, "x", "x", "sweep", {})
+        store.get_or_create_trial_run(client, experiment_id, parent, "x", SWEEP_ID, "x", "sweep", {})
 
 
 def test_step_metrics_keep_only_finite_numbers(client):
@@ -177,7 +213,7 @@ def test_finish_trial_run_finals_tags_artifacts(client, tmp_path):
     final = {"test_quality": 0.7, "val_quality": 0.6, "n_test": 50, "cost_usd": 0.25, "steps_done": 15,
              "adapter_mb": 1.5, "status": "finished", "test_set_sha256": SHA, "metric": "exact_match",
              "method": "lora", "phase": "final", "learning_rate": 1e-4}
-    store.finish_trial_run(client, run_id, final, "finished", str(folder))
+    assert finish(client, final, "finished", str(folder)) == "updated"
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     # The final value wins over the curve although steps_done (15) is below the curve's last step (20).
@@ -188,14 +224,15 @@ def test_finish_trial_run_finals_tags_artifacts(client, tmp_path):
     assert sorted(a.path for a in client.list_artifacts(run_id)) == [
         "adapter", "metrics.json", "test_predictions.jsonl"]
     assert [a.path for a in client.list_artifacts(run_id, "adapter")] == ["adapter/adapter_config.json"]
+    assert finish(client, final, "finished", str(folder)) == "unchanged"  # idempotent
     with pytest.raises(ValueError, match="status: 'running'"):
-        store.finish_trial_run(client, run_id, {}, "running")
+        store.mlflow_status("running")
 
 
 def test_failed_trial_run_keeps_error_tail(client):
     _, _, run_id = trial_run(client)
     error = "Traceback (most recent call last):\n" + "  frame\n" * 3000 + "RuntimeError: CUDA out of memory"
-    store.finish_trial_run(client, run_id, {"cost_usd": 0.05}, "failed", None, error)
+    finish(client, {"cost_usd": 0.05}, "failed", None, error)
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags[TAG_STATUS] == "failed"
     assert run.data.tags[TAG_ERROR].endswith("RuntimeError: CUDA out of memory")
@@ -203,7 +240,7 @@ def test_failed_trial_run_keeps_error_tail(client):
 
 
 def test_finish_sweep_run_logs_totals_and_artifacts(client, tmp_path):
-    parent = store.start_sweep_run(client, "demo", {})
+    parent = store.start_sweep_run(client, "demo", SWEEP_ID, {})
     (tmp_path / "leaderboard.csv").write_text("a,b\n")
     (tmp_path / "board").mkdir()
     (tmp_path / "board" / "index.html").write_text("<html/>")
@@ -220,8 +257,8 @@ def test_finish_sweep_run_logs_totals_and_artifacts(client, tmp_path):
 def test_leaderboard_reads_what_the_store_writes(client, tmp_path):
     _, _, run_id = trial_run(client, method="lora", rank=16, alpha=32, learning_rate=2e-4,
                              target_modules=["q_proj", "k_proj"])
-    store.finish_trial_run(client, run_id, {"test_quality": 0.8, "n_test": 20, "cost_usd": 0.4,
-                                            "test_set_sha256": SHA, "metric": "exact_match"}, "finished")
+    finish(client, {"test_quality": 0.8, "n_test": 20, "cost_usd": 0.4, "test_set_sha256": SHA,
+                    "metric": "exact_match"}, "finished")
     df, _ = load_runs(["demo"], tracking_uri=client.tracking_uri)
     row = df.iloc[0]
     assert len(df) == 1 and row["trial_id"] == "abc_00000" and row["status"] == "finished"
@@ -329,7 +366,8 @@ def test_a_server_that_went_away_fails_fast_until_it_answers_again(monkeypatch):
 
 def test_helpers_for_sync_read_and_write_only_what_is_asked(client, tmp_path):
     experiment_id, parent, run_id = trial_run(client)
-    assert store.find_sweep_run(client, experiment_id).info.run_id == parent
+    assert store.find_sweep_run(client, experiment_id, SWEEP_ID).info.run_id == parent
+    assert store.find_sweep_run(client, experiment_id, "another-sweep") is None
     points = [("train_loss", 1.0 / step, step) for step in range(1, 1502)] + [("cost_usd", math.nan, 3)]
     store.log_metric_points(client, run_id, points)  # more than one batch; the NaN is left out
     assert store.metric_steps(client, run_id, "train_loss") == set(range(1, 1502))
@@ -344,6 +382,7 @@ def test_helpers_for_sync_read_and_write_only_what_is_asked(client, tmp_path):
     store.log_trial_artifacts(client, run_id, folder, skip=store.artifact_names(client, run_id))
     assert store.artifact_names(client, run_id) == {"metrics.json", "adapter"}
     assert store.mlflow_status("pruned") == "FINISHED" and store.mlflow_status("failed") == "FAILED"
+    assert store.mlflow_status("stopped") == "FINISHED" and store.mlflow_status("interrupted") == "KILLED"
     store.end_run(client, run_id, "KILLED")
     assert store.get_run(client, run_id).info.status == "KILLED"
 
