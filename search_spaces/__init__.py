@@ -3,7 +3,7 @@
     space = load_space("search_spaces/default.yaml")   # or load_space("default")
     OptunaSearch(space.define_by_run, points_to_evaluate=space.points_to_evaluate(), metric=..., mode=...)
 
-No torch here (the dependency rule of DESIGN.md); Optuna is only touched through the trial passed in.
+No torch here (leaderboard and search_spaces stay light: they never import torch); Optuna is only touched through the trial passed in.
 """
 
 from search_spaces.loader import SearchSpaceError, builtin_spaces, load_space, parse_space

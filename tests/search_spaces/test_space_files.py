@@ -73,7 +73,7 @@ def test_load_by_builtin_name_and_by_path_agree() -> None:
 
 
 def test_importing_search_spaces_pulls_in_no_heavy_library() -> None:
-    # search_spaces never imports torch (DESIGN.md); Optuna and Ray only arrive with the trial object.
+    # search_spaces never imports torch (it stays light to import); Optuna and Ray only arrive with the trial object.
     code = "import sys, search_spaces; print(sorted({m.split('.')[0] for m in sys.modules}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     loaded = set(ast.literal_eval(out.stdout))

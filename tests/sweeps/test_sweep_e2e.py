@@ -135,8 +135,10 @@ def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path)
 
 @pytest.mark.parametrize("price", [60.0, 100.0])
 def test_budget_is_never_exceeded_and_admission_stops_new_trials(tmp_path: Path, price: float) -> None:
-    budget = 0.8
-    cfg = smoke_config(tmp_path, "tight", max_trials=8, concurrency=1, estimate_trial_seconds=20)
+    # $0.30 buys 18 s (at $60/h) or 11 s (at $100/h) of trial time: a smoke trial takes 4-20 s (a quiet or a
+    # busy machine) and the baseline 2-10 s, so the budget, never max_trials, ends the sweep.
+    budget = 0.3
+    cfg = smoke_config(tmp_path, "tight", max_trials=8, concurrency=1, estimate_trial_seconds=5)
     done = sweepboard(tmp_path, "sweep", "--budget", str(budget), "--config", str(cfg), "--price-per-hour",
                       str(price))  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -146,11 +148,13 @@ def test_budget_is_never_exceeded_and_admission_stops_new_trials(tmp_path: Path,
     # Tolerance from the contract: one report interval of the running trial (a trial's length bounds it).
     assert spent <= budget + price * longest / 3600 / 3
     assert len([r for r in kids if r.data.tags[names.TAG_ROLE] == "trial"]) < 8
+    ledger = json.loads((tmp_path / "runs" / "sweeps" / "tight" / "budget.json").read_text())
+    assert ledger["ended_because"].startswith("the budget"), ledger["ended_because"]
 
 
 def results_of(root: Path) -> dict[str, list[dict[str, Any]]]:
     """Per trial id, every result Ray recorded for it (its result.json), in order."""
-    from sweeps.sync import read_results  # skips a line the driver is still writing
+    from sweeps.reconcile import read_results  # skips a line the driver is still writing
 
     return {folder.name.removeprefix("trial_"): read_results(folder / "result.json")
             for folder in root.glob("trial_*") if (folder / "result.json").is_file()}  # fmt: skip
