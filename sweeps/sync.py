@@ -20,6 +20,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from sweeps import driver_lock
 from sweeps import reconcile as rec
 from sweeps.ledger import sweep_spent
 from sweeps.runtime import STATE_FILE, sweep_id
@@ -39,6 +40,10 @@ def sync(name: str, storage: str = "runs/sweeps", tracking_uri: str | None = Non
         known = sorted(p.name for p in root.parent.glob("*") if (p / STATE_FILE).is_file())
         raise ConfigError([f"sweep {name!r}: nothing to sync in {root}; known sweeps: "
                            f"{', '.join(known) or 'none'} (give --storage if the sweep lives elsewhere)"])
+    running = driver_lock.holder(root)
+    if running is not None:  # one writer: while a driver runs, it is the one writing the sweep into MLflow
+        raise ConfigError([f"sweep {name!r} is running now ({driver_lock.describe(running)}); its driver "
+                           "writes MLflow: run sync once it has ended"])
     state = json.loads(state_file.read_text())
     uri = conn.tracking_uri(tracking_uri or state["config"].get("tracking_uri"))
     conn.check_reachable(uri)

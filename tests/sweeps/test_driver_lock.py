@@ -53,6 +53,10 @@ def test_a_live_driver_refuses_a_second_resume_naming_its_pid_and_host(tmp_path:
         assert f"pid {holder.pid} on host {socket.gethostname()}" in done.stderr
         assert "`sweepboard resume held` started 20" in done.stderr and "one driver per sweep" in done.stderr
         assert driver_lock.holder(root)["pid"] == holder.pid  # type: ignore[index]
+        # sync neither: while a driver runs, it is the sweep's only MLflow writer.
+        sync = subprocess.run([sys.executable, "-m", "sweeps.cli", "sync", "locked"], cwd=tmp_path,
+                              env=sweep_env(tmp_path), capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert sync.returncode == 2 and f"is running now (pid {holder.pid} on host" in sync.stderr, sync.stderr
         assert not (root / "budget.json").exists() and not any(root.glob("experiment_state*"))
     finally:
         holder.kill()
