@@ -128,6 +128,8 @@ class BudgetSearcher(Searcher):
             self.why_waiting = f"max_trials {self.max_trials} reached"
             self.ledger.ended_because = self.why_waiting
             return Searcher.FINISHED  # type: ignore[return-value]
+        # The method is known only once the searcher has proposed, so a trial must fit at the dearest
+        # method's projection; it then holds its own method's projection.
         fits, why = self.ledger.admits()
         if not fits:
             self.why_waiting = why
@@ -139,7 +141,7 @@ class BudgetSearcher(Searcher):
             return Searcher.FINISHED  # type: ignore[return-value]
         suggestion = self.searcher.suggest(trial_id)
         if isinstance(suggestion, dict):
-            self.ledger.open(trial_id)
+            self.ledger.open(trial_id, suggestion.get("method"))
         return suggestion
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ class SweepConfig:
     storage: str = "runs/sweeps"  # Ray Tune's storage path (a shared path or bucket on a cluster)
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     price_per_hour: float | None = None  # USD per trial-hour; overrides the price catalog
+    gpu: str | None = None  # catalog key of the cluster's GPU, e.g. a100-80gb: prices a GPU-less driver's trials
     resources: dict[str, Resources] = field(
         default_factory=lambda: {m: Resources() for m in ("none", "lora", "qlora", "full")}
     )
@@ -161,6 +162,7 @@ def _check(cfg: SweepConfig) -> list[str]:
         p.append(
             f"{s}: price_per_hour: {cfg.price_per_hour!r}: a positive number of US dollars per hour, e.g. 3.0"
         )
+    p += _gpu_problems(cfg.gpu, s)
     for key, kinds, what in (
         ("space", (str,), "a built-in search space name (default, smoke) or the path of a YAML file"),
         ("storage", (str,), "a folder path (or a bucket URI on a cluster), e.g. runs/sweeps"),
@@ -177,6 +179,21 @@ def _check(cfg: SweepConfig) -> list[str]:
         if key in cfg.trial:
             p.append(f"{s}: trial.{key}: is searched, not fixed: set it in the search space instead")
     return p
+
+
+def _gpu_problems(key: Any, source: str) -> list[str]:
+    if key is None:
+        return []
+    from tracking.prices import CatalogError, load_catalog
+
+    try:
+        catalog = load_catalog()
+    except CatalogError as err:
+        return err.problems
+    known = [g.key for g in catalog.gpus]
+    if key in known:
+        return []
+    return [f"{source}: gpu: {key!r}: not a GPU of the price catalog {catalog.path}; use one of {', '.join(known)}"]
 
 
 def tracking_uri(cfg: SweepConfig) -> str:

@@ -70,7 +70,9 @@ class BudgetLedger:
 
     Per trial: `cost` (the last cost_usd it reported), `carried` (see add_report), `step` (its last
     report interval's cost), `finished`, `final` (it reached its final evaluation, i.e. was not pruned)
-    and `restart`. A restarted trial's ledger misses at most the new attempt's first report interval and
+    and `restart`, and `method` (None when unknown). Projections are per method (`estimates` gives each
+    method's before any of its trials has finished), so a full fine-tuning trial is never admitted at a
+    LoRA trial's price; a trial of unknown method counts for every method. A restarted trial's ledger misses at most the new attempt's first report interval and
     never counts anything twice. The baseline (the base model's evaluation, before any trial) is paid out
     of the same budget: `spent()` is the sweep's whole spend.
     """
@@ -82,6 +84,7 @@ class BudgetLedger:
         reserve_usd: float = 0.0,
         path: str | Path | None = None,
         baseline_usd: float = 0.0,
+        estimates: Mapping[str, float] | None = None,
     ) -> None:
         self.budget_usd = validate_budget(budget_usd)
         if not (math.isfinite(baseline_usd) and baseline_usd >= 0):
@@ -93,6 +96,7 @@ class BudgetLedger:
             raise BudgetError(f"reserve_usd: {reserve_usd!r}: give one final evaluation's cost, >= 0")
         self.estimate_usd = float(estimate_usd)
         self.reserve_usd = float(reserve_usd)
+        self.estimates = _estimates(estimates)
         self.path = str(path) if path is not None else None
         self.stop_requested = False
         self.ended_because: str | None = None  # why no more trials start, once none will
@@ -101,10 +105,13 @@ class BudgetLedger:
         self.uid = uuid.uuid4().hex
         _LEDGERS[self.uid] = self
 
-    def open(self, trial_id: str) -> None:
-        """An admitted trial: it holds its projected cost from now on, before its first report."""
-        entry = {"cost": 0.0, "carried": 0.0, "step": 0.0, "finished": False, "final": False}
-        self.trials.setdefault(trial_id, entry)
+    def open(self, trial_id: str, method: str | None = None) -> None:
+        """An admitted trial: it holds its method's projected cost from now on, before its first report."""
+        entry: dict[str, Any] = {"cost": 0.0, "carried": 0.0, "step": 0.0, "finished": False, "final": False,
+                                 "method": None}  # fmt: skip
+        entry = self.trials.setdefault(trial_id, entry)
+        if method is not None:
+            entry["method"] = method
 
     def record(
         self, trial_id: str, cost_usd: float | None, finished: bool = False, final: bool = False
@@ -134,37 +141,46 @@ class BudgetLedger:
     def running(self) -> list[str]:
         return [trial_id for trial_id, entry in self.trials.items() if not entry["finished"]]
 
-    def projected_trial_cost(self) -> float:
-        """What the next trial is expected to cost, erring high: the dearest trial that ran to its end,
-        or, before one has, the sweep's estimate. Pruned trials and running ones only ever raise it."""
-        complete = [self.trial_cost(t) for t, e in self.trials.items() if e["final"] and e["finished"]]
-        others = [self.trial_cost(t) for t, e in self.trials.items() if not (e["final"] and e["finished"])]
-        return max([*others, *(complete or [self.estimate_usd])])
+    def projected_trial_cost(self, method: str | None = None) -> float:
+        """What the next trial of `method` is expected to cost, erring high: the dearest trial of that
+        method that ran to its end, or, before one has, the method's estimate. Pruned trials and running
+        ones only ever raise it. Without a method: the dearest method's projection."""
+        if method is None:
+            methods = {None, *self.estimates, *(e.get("method") for e in self.trials.values())}
+            return max(self._projection(m) for m in methods)
+        return self._projection(method)
+
+    def _projection(self, method: str | None) -> float:
+        mine = {t: e for t, e in self.trials.items() if method is None or e.get("method") in (method, None)}
+        complete = [self.trial_cost(t) for t, e in mine.items() if e["final"] and e["finished"]]
+        others = [self.trial_cost(t) for t, e in mine.items() if not (e["final"] and e["finished"])]
+        estimate = self.estimates.get(method, self.estimate_usd) if method is not None else self.estimate_usd
+        return max([*others, *(complete or [estimate])])
 
     def held_for_running(self) -> float:
         """Money the running trials still need: what is left of their projection after their current
         attempt's progress, and never less than the reserve for their final evaluation (a trial past
         its projection still evaluates)."""
-        projected = self.projected_trial_cost()
         held = 0.0
         for trial_id in self.running():
             entry = self.trials[trial_id]
             progress = 0.0 if entry.get("restart") else entry["cost"]
-            held += max(projected - progress, self.reserve_usd)
+            held += max(self.projected_trial_cost(entry.get("method")) - progress, self.reserve_usd)
         return held
 
     def remaining(self) -> float:
         return self.budget_usd - self.spent() - self.held_for_running()
 
-    def admits(self) -> tuple[bool, str]:
-        """Whether one more trial fits, and why not."""
+    def admits(self, method: str | None = None) -> tuple[bool, str]:
+        """Whether one more trial of `method` fits (without one: of the dearest method), and why not."""
         if self.stop_requested:
             return False, f"the budget {usd(self.budget_usd)} is used up; running trials are finishing"
-        need = max(self.projected_trial_cost(), self.reserve_usd)
+        need = max(self.projected_trial_cost(method), self.reserve_usd)
         remaining = self.remaining()
         if need > remaining:
+            which = f"{method} " if method else ""
             return False, (
-                f"next trial's projected cost {usd(need)} exceeds what remains {usd(max(remaining, 0.0))} "
+                f"next {which}trial's projected cost {usd(need)} exceeds what remains {usd(max(remaining, 0.0))} "
                 f"of {usd(self.budget_usd)} (spent {usd(self.spent())}, held for "
                 f"{len(self.running())} running trial(s) {usd(self.held_for_running())})"
             )
@@ -187,7 +203,7 @@ class BudgetLedger:
         known = set()
         for trial in trials:
             known.add(trial.trial_id)
-            self.open(trial.trial_id)
+            self.open(trial.trial_id, (getattr(trial, "config", None) or {}).get("method"))
             entry = self.trials[trial.trial_id]
             cost = result_cost(trial.last_result)
             if cost is not None and cost > self.trial_cost(trial.trial_id):
@@ -206,6 +222,7 @@ class BudgetLedger:
         self.budget_usd = validate_budget(state["budget_usd"])
         self.estimate_usd = float(state["estimate_usd"])
         self.reserve_usd = float(state["reserve_usd"])
+        self.estimates = _estimates(state.get("estimates")) or self.estimates
         self.merge(state)
         if self.path and Path(self.path).exists():
             self.merge(json.loads(Path(self.path).read_text(encoding="utf-8")))
@@ -227,6 +244,7 @@ class BudgetLedger:
             "budget_usd": self.budget_usd,
             "estimate_usd": self.estimate_usd,
             "reserve_usd": self.reserve_usd,
+            "estimates": dict(self.estimates),
             "stop_requested": self.stop_requested,
             "ended_because": self.ended_because,
             "baseline_usd": self.baseline_usd,
@@ -239,6 +257,7 @@ class BudgetLedger:
         self.budget_usd = validate_budget(state["budget_usd"])
         self.estimate_usd = float(state["estimate_usd"])
         self.reserve_usd = float(state["reserve_usd"])
+        self.estimates = _estimates(state.get("estimates"))
         self.stop_requested = bool(state["stop_requested"])
         self.ended_because = state.get("ended_because")
         self.baseline_usd = float(state.get("baseline_usd", 0.0))
@@ -334,3 +353,11 @@ def _baseline_cost(root: Path) -> float:
     if not metrics.is_file():
         return 0.0
     return result_cost(json.loads(metrics.read_text(encoding="utf-8"))) or 0.0
+
+
+def _estimates(estimates: Mapping[str, float] | None) -> dict[str, float]:
+    out = {str(m): float(v) for m, v in (estimates or {}).items()}
+    for method, value in out.items():
+        if not (math.isfinite(value) and value > 0):
+            raise BudgetError(f"estimates.{method}: {value!r}: give a positive projected cost of one trial")
+    return out

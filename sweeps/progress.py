@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,9 +90,10 @@ def render(s: Snapshot, metric: str = "val_quality") -> Table:
 
 def print_start_banner(
     console: Console, budget_usd: float, quote: PriceQuote, projected_trial_cost: float,
-    max_trials: int | None,
+    max_trials: int | None, per_method: Mapping[str, PriceQuote] | None = None,
 ) -> None:
-    """The resolved budget, the price it is spent at (and where that price comes from), and what it buys."""
+    """The resolved budget, the price it is spent at (and where that price comes from), and what it buys.
+    `quote` is the dearest method's price, the one `projected_trial_cost` is at; `per_method` lists each."""
     seconds = affordable_seconds(budget_usd, quote)
     if quote.gpus > 0 or quote.cpus > 0:
         unit = "GPU-hours" if quote.gpus > 0 else "vCPU-hours"
@@ -103,7 +105,11 @@ def print_start_banner(
     as_of = f", prices as of {quote.as_of}" if quote.as_of and quote.as_of != "override" else ""
     table = Table.grid(padding=(0, 2))
     table.add_row("budget", f"{usd(budget_usd)} (US dollars)")
-    table.add_row("price", f"{usd(quote.usd_per_hour)}/h ({quote.source}{as_of})")
+    if per_method:
+        for method, q in per_method.items():
+            table.add_row(f"price {method}", f"{usd(q.usd_per_hour)}/h for {_reserved(q)} ({q.source}{as_of})")
+    else:
+        table.add_row("price", f"{usd(quote.usd_per_hour)}/h ({quote.source}{as_of})")
     table.add_row(
         "affords", f"about {trials} trial(s) at {usd(projected_trial_cost)} projected each{cap}; {hours}"
     )
@@ -185,3 +191,11 @@ class SweepProgress(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into tuner.pkl; a Console holds locks and streams, a Live a thread.
         return {**self.__dict__, "_console": None, "_live": None, "_shown_at": -math.inf, "_last_key": None}
+
+
+def _reserved(quote: PriceQuote) -> str:
+    """What one trial of the method holds, as the price is made of it: "1 GPU (h100-sxm) + 2 vCPU"."""
+    model = f" ({quote.device_key})" if quote.device_key not in ("override", "cpu") else ""
+    gpus = f"{quote.gpus:g} GPU{model}" if quote.gpus else ""
+    cpus = f"{quote.cpus:g} vCPU" if quote.cpus else ""
+    return " + ".join(x for x in (gpus, cpus) if x) or "its resources"

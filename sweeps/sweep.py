@@ -32,11 +32,13 @@ def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
             problems.append(_exists(cfg.name, root))
         _check_task(cfg, space, problems)
         if budget_usd is not None and quote is not None and space is not None:
-            first = quote.usd_per_hour * cfg.estimate_trial_seconds / 3600
+            # The cheapest method the space searches: a budget that buys one such trial is not refused.
+            cheapest = min((quote[m] for m in space.method_names), key=lambda q: q.usd_per_hour)
+            first = cheapest.usd_per_hour * cfg.estimate_trial_seconds / 3600
             if budget_usd < first:
                 problems.append(
                     f"--budget {usd(budget_usd)} is below one trial's projected cost {usd(first)} "
-                    f"(estimate_trial_seconds={cfg.estimate_trial_seconds:g} at {usd(quote.usd_per_hour)}/h): "
+                    f"(estimate_trial_seconds={cfg.estimate_trial_seconds:g} at {usd(cheapest.usd_per_hour)}/h): "
                     f"raise --budget to at least {usd(first)}, or lower estimate_trial_seconds in the sweep "
                     "config if your trials are shorter"
                 )
@@ -138,13 +140,10 @@ def _load_space(name: str) -> Any:
 
 
 def _quote(cfg: sweep_config.SweepConfig) -> Any:
-    """Price of one trial-hour. Trials of different methods may ask for different resources; the budget
-    projects with the most expensive, so it errs on the side of not spending."""
-    from tracking.prices import detect_device, price_per_hour
+    """Price of one trial-hour per method, from the resources Ray reserves for that method's trials."""
+    from tracking.prices import detect_device, method_quotes
 
-    device = detect_device()
-    res = max(cfg.resources.values(), key=lambda r: (r.gpus, r.cpus))
-    return price_per_hour(device, res.gpus, res.cpus, cfg.price_per_hour)
+    return method_quotes(cfg.resources, detect_device(), cfg.price_per_hour, cfg.gpu)
 
 
 def _check_tracking(cfg: sweep_config.SweepConfig) -> None:

@@ -30,11 +30,13 @@ LOG_FILE = "trial.log"  # in the trial's folder: what it printed, over all its a
 
 
 def trial_config(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """The fixed trial settings plus this trial's searched values (Optuna's "lora.rank" names dropped)."""
+    """The fixed trial settings plus this trial's searched values (Optuna's "lora.rank" names dropped),
+    and the price the driver charges for its method's resources (config["sweepboard_prices"])."""
     searched = {k: config[k] for k in SEARCHED if k in config and config[k] is not None}
     if searched.get("method") == "full":
         searched.update(rank=None, alpha=None)
-    return {**base, **searched}
+    price = (config.get("sweepboard_prices") or {}).get(searched.get("method") or base.get("method") or "lora")
+    return {**base, **searched, **({"price_per_hour": price} if price is not None else {})}
 
 
 def trainable(config: dict[str, Any]) -> None:

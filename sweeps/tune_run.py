@@ -32,8 +32,9 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     uri = sweep_config.tracking_uri(cfg)
     client = tracking_client(uri)
     identity = sweep_id(root)
-    sweep_params = {"budget_usd": budget_usd, "price_per_hour": quote.usd_per_hour, "max_trials": cfg.max_trials,
-                    "concurrency": cfg.concurrency, "space": space.source, "config": cfg.source}  # fmt: skip
+    sweep_params = {"budget_usd": budget_usd, "max_trials": cfg.max_trials,
+                    "concurrency": cfg.concurrency, "space": space.source, "config": cfg.source,
+                    **{f"price_per_hour.{m}": quote[m].usd_per_hour for m in space.method_names}}  # fmt: skip
     parent = mlflow_store.start_sweep_run(
         client, cfg.name, identity, sweep_params, {names.TAG_GIT_COMMIT: git_commit(), names.TAG_TEST_SHA: test_sha}
     )
@@ -62,14 +63,19 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
     from sweeps.progress import SweepProgress, print_start_banner
     from sweeps.trainable import trainable
 
-    estimate = quote.usd_per_hour * cfg.estimate_trial_seconds / 3600
-    print_start_banner(console, budget_usd, quote, estimate, cfg.max_trials)
+    # Per method: estimate_trial_seconds at that method's price, until its own trials are measured.
+    estimates = {m: quote[m].usd_per_hour * cfg.estimate_trial_seconds / 3600 for m in space.method_names}
+    dearest = max(space.method_names, key=lambda m: estimates[m])
+    estimate = estimates[dearest]
+    prices = {m: q.usd_per_hour for m, q in quote.items()}
+    print_start_banner(console, budget_usd, quote[dearest], estimate, cfg.max_trials,
+                       per_method={m: quote[m] for m in space.method_names})  # fmt: skip
 
-    baseline_cost = run_baseline(cfg, base, client, parent, identity, quote) if cfg.baseline else 0.0
+    baseline_cost = run_baseline(cfg, base, client, parent, identity, quote["none"]) if cfg.baseline else 0.0
     books["baseline_cost"] = baseline_cost
     # The baseline is paid for out of the same budget; trials get what is left.
     ledger = BudgetLedger(budget_usd, estimate_usd=estimate, reserve_usd=estimate * 0.15,
-                          path=root / "budget.json", baseline_usd=baseline_cost)  # fmt: skip
+                          path=root / "budget.json", baseline_usd=baseline_cost, estimates=estimates)  # fmt: skip
     books["ledger"] = ledger
 
     # Tune snapshots its experiment state every 10 s instead of its default, so a killed driver loses
@@ -104,7 +110,7 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
             trainable_with_resources,
             resume_unfinished=True,
             resume_errored=True,
-            param_space=param_space(cfg, base),
+            param_space=param_space(cfg, base, prices),
         )
     else:
         # TPE from the first points and ASHA, with the method floors of sweeps/search.py.
@@ -120,7 +126,7 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
             console.print(note)
         tuner = tune.Tuner(
             trainable_with_resources,
-            param_space=param_space(cfg, base),
+            param_space=param_space(cfg, base, prices),
             tune_config=tune.TuneConfig(
                 metric="val_quality",
                 mode="max",
@@ -176,10 +182,14 @@ def trial_base(cfg: sweep_config.SweepConfig) -> dict[str, Any]:
     return base
 
 
-def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any]) -> dict[str, Any]:
+def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any],
+                prices: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """`prices`: USD per hour per method, what the driver charges for the resources Ray reserves; each
+    trial gets its method's as price_per_hour, so its own cost_usd is the one the budget counts."""
     price = {"price_per_hour": cfg.price_per_hour} if cfg.price_per_hour else {}
     root = str(Path(cfg.storage).resolve() / cfg.name)
-    return {"sweepboard_sweep": cfg.name, "sweepboard_root": root, "sweepboard_trial": {**base, **price}}
+    return {"sweepboard_sweep": cfg.name, "sweepboard_root": root, "sweepboard_trial": {**base, **price},
+            "sweepboard_prices": dict(prices or {})}  # fmt: skip
 
 
 def prepare(base: dict[str, Any]) -> tuple[str, int]:

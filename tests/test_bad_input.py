@@ -126,6 +126,12 @@ def other_lock(tmp: Path) -> Path:
     return lock
 
 
+def _driver_has_gpu() -> bool:
+    from tracking.prices import detect_device
+
+    return detect_device().kind == "cuda"
+
+
 # --- the table ----------------------------------------------------------------------------------------
 
 
@@ -243,6 +249,8 @@ CASES = [
          ("metods: {}: unknown key", "allowed top-level keys")),
     Case("unknown-key-in-sweep-config", lambda t: sweep("--config", sweep_config(t, max_trial=3)),
          ("max_trial: unknown key", "known keys:", "max_trials")),
+    Case("gpu-not-in-catalog", lambda t: sweep("--config", sweep_config(t, gpu="a100")),
+         ("gpu: 'a100': not a GPU of the price catalog", "a100-80gb", "h100-sxm")),
     Case("unknown-key-in-sweep-trial", sweep_with_trial(lambda t: {"stepz": 3}),
          ("trial.stepz: unknown key (did you mean steps?)",)),
     Case("searched-key-fixed-in-sweep", sweep_with_trial(lambda t: {"method": "lorax"}),
@@ -292,6 +300,11 @@ CASES = [
     Case("train-lock-changed", train(lambda t: {"data": {**SMOKE_DATA, "lock_dir": str(tampered_lock(t))}}),
          ("the locked test set changed", "Restore the original file"), may_create=OUT),
 ]  # fmt: skip
+if not _driver_has_gpu():  # the GPU-less driver's refusal; a GPU driver prices by its own GPU instead
+    CASES.append(Case("gpu-method-on-a-gpu-less-driver",
+                      lambda t: sweep("--config", sweep_config(t, resources={"full": {"gpus": 4}})),
+                      ("method full: resources: gpus=4: this machine has no GPU", "`gpu: KEY` in the sweep config",
+                       "a100-80gb", "--price-per-hour USD")))  # fmt: skip
 
 
 def _write_bytes(path: Path, content: bytes) -> Path:

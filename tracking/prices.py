@@ -159,9 +159,11 @@ def price_per_hour(
     *,
     catalog: Catalog | None = None,
     tier: str = "specialty",
+    gpu_key: str | None = None,
 ) -> PriceQuote:
     """What the resources of one trial cost per hour. `device` is a DeviceInfo or a device name
-    ("cpu" or a GPU name). An explicit `override` (USD per hour for the whole trial) wins."""
+    ("cpu" or a GPU name). An explicit `override` (USD per hour for the whole trial) wins. `gpu_key`
+    (a catalog key) prices GPUs that the device itself lacks: a CPU head driving a GPU cluster."""
     if gpus < 0 or cpus < 0:
         raise PriceError(f"resources: gpus={gpus}, cpus={cpus}: counts cannot be negative")
     if override is not None:
@@ -177,18 +179,56 @@ def price_per_hour(
     cpu_price = catalog.cpu_usd_per_vcpu_hour
     if gpus == 0:
         return PriceQuote(cpus * cpu_price, catalog.cpu_source, "cpu", catalog.as_of, 0, cpus, 0.0, cpu_price)
-    if info.kind != "cuda":
+    if info.kind == "cuda":
+        gpu = match_price(catalog, info.name, info.memory_gb)
+    elif gpu_key is not None:
+        gpu = gpu_by_key(catalog, gpu_key)
+    else:
         raise PriceError(
-            f"resources: gpus={gpus}: the device {info.name!r} is a CPU; "
-            "request gpus=0 or run on a GPU machine"
+            f"resources: gpus={gpus:g}: this machine has no GPU ({info.name!r}) to price them by; name the "
+            f"cluster's GPU with `gpu: KEY` in the sweep config (known: {', '.join(g.key for g in catalog.gpus)}) "
+            f"or pass {OVERRIDE_FLAG} USD (what one trial's resources cost per hour)"
         )
-    gpu = match_price(catalog, info.name, info.memory_gb)
     multiplier = catalog.tiers[tier]
     source = gpu.source + (f" x {multiplier:g} ({tier})" if multiplier != 1 else "")
     source += f" + {catalog.cpu_source}" if cpus else ""
     gpu_price = gpu.usd_per_hour * multiplier
     total = gpus * gpu_price + cpus * cpu_price
     return PriceQuote(total, source, gpu.key, catalog.as_of, gpus, cpus, gpu_price, cpu_price)
+
+
+def gpu_by_key(catalog: Catalog, key: str) -> GpuPrice:
+    """The catalog entry of a key such as "a100-80gb", as a sweep config's `gpu:` names it."""
+    for gpu in catalog.gpus:
+        if gpu.key == key:
+            return gpu
+    raise PriceError(
+        f"gpu: {key!r}: not in the price catalog {catalog.path}; use one of "
+        f"{', '.join(g.key for g in catalog.gpus)}, or add it under `gpus:` there"
+    )
+
+
+def method_quotes(
+    resources: Mapping[str, Any],
+    device: DeviceInfo,
+    override: float | None = None,
+    gpu_key: str | None = None,
+    *,
+    catalog: Catalog | None = None,
+) -> dict[str, PriceQuote]:
+    """The price of each method from what Ray reserves for one of its trials (`resources[method]` has
+    .gpus and .cpus). The driver's own GPU sets the GPU model; without one, the catalog key `gpu_key`."""
+    quotes: dict[str, PriceQuote] = {}
+    needs_catalog = override is None
+    catalog = catalog if catalog is not None or not needs_catalog else load_catalog()
+    for method, res in resources.items():
+        try:
+            quotes[method] = price_per_hour(
+                device, res.gpus, res.cpus, override, catalog=catalog, gpu_key=gpu_key
+            )
+        except PriceError as err:
+            raise PriceError(f"method {method}: {err}") from err
+    return quotes
 
 
 def check_catalog(data: Any, path: str) -> list[str]:

@@ -377,3 +377,39 @@ def test_the_ledger_counts_the_baseline_and_ends_with_the_figure_of_rays_storage
     assert close_books(tmp_path, ledger) == pytest.approx(sweep_spent(tmp_path))
     saved = BudgetLedger.load(tmp_path / "budget.json")
     assert saved.spent() == pytest.approx(1.0) and set(saved.trials) == {"a", "b"}
+
+
+def test_each_method_is_projected_from_its_own_trials() -> None:
+    """A full fine-tuning trial is never admitted at a LoRA trial's price: before any of its trials has
+    finished a method is projected at its own estimate, then at its own dearest completed trial."""
+    ledger = BudgetLedger(1.0, estimate_usd=0.5, reserve_usd=0.01, estimates={"lora": 0.1, "full": 0.5})
+    assert ledger.projected_trial_cost("lora") == 0.1 and ledger.projected_trial_cost("full") == 0.5
+    for trial_id in ("l1", "l2"):
+        ledger.open(trial_id, "lora")
+        ledger.record(trial_id, 0.04, finished=True, final=True)
+    assert ledger.projected_trial_cost("lora") == pytest.approx(0.04)  # measured, below its estimate
+    assert ledger.projected_trial_cost("full") == 0.5  # no full trial yet: LoRA's cost says nothing of it
+    assert ledger.projected_trial_cost() == 0.5  # not knowing the method: the dearest
+    ledger.open("f1", "full")  # a running full trial holds full's projection, not LoRA's
+    assert ledger.held_for_running() == pytest.approx(0.5)
+    assert ledger.admits("lora")[0] and not ledger.admits("full")[0]  # 1.0 - 0.08 - 0.5 = 0.42 left
+    assert "next full trial's projected cost $0.50" in ledger.admits("full")[1]
+    ledger.record("f1", 0.3, finished=True, final=True)
+    assert ledger.projected_trial_cost("full") == pytest.approx(0.3)
+    again = BudgetLedger.from_dict(ledger.to_dict())  # the projections survive a restore
+    assert again.estimates == {"lora": 0.1, "full": 0.5} and again.trials["f1"]["method"] == "full"
+    assert again.projected_trial_cost("lora") == pytest.approx(0.04)
+
+
+def test_budget_searcher_holds_the_proposed_methods_projection() -> None:
+    def full_space(trial: Any) -> None:
+        trial.suggest_categorical("method", ["full"])
+        trial.suggest_float("x", 0.0, 1.0)
+
+    ledger = BudgetLedger(1.0, estimate_usd=0.4, estimates={"lora": 0.1, "full": 0.4})
+    searcher = BudgetSearcher(OptunaSearch(full_space, metric="val_quality", mode="max"), ledger)
+    assert searcher.suggest("t1")["method"] == "full"
+    assert ledger.trials["t1"]["method"] == "full" and ledger.held_for_running() == pytest.approx(0.4)
+    assert isinstance(searcher.suggest("t2"), dict)  # 1.0 - 0.4 left 0.6: one more at the dearest, 0.4
+    assert searcher.suggest("t3") is None  # 0.2 left, below the dearest method's 0.4: nothing is admitted
+    assert "projected cost $0.40" in searcher.why_waiting

@@ -98,6 +98,18 @@ def test_banner_shows_budget_price_source_and_what_it_affords() -> None:
     assert "about 133 trial(s) at $0.0075 projected each; 22.2 vCPU-hours" in text
 
 
+def test_banner_lists_the_price_of_each_method() -> None:
+    buffer = io.StringIO()
+    lora = PriceQuote(1.48, "specialty", "a100-80gb", "2026-05", gpus=1, cpus=4)
+    full = PriceQuote(5.56, "specialty", "a100-80gb", "2026-05", gpus=4, cpus=8)
+    print_start_banner(console_to(buffer, terminal=False), 30.0, full, 5.56, max_trials=None,
+                       per_method={"lora": lora, "full": full})  # fmt: skip
+    text = re.sub(r"\s+", " ", buffer.getvalue())
+    assert "price lora $1.48/h for 1 GPU (a100-80gb) + 4 vCPU (specialty, prices as of 2026-05)" in text
+    assert "price full $5.56/h for 4 GPU (a100-80gb) + 8 vCPU (specialty, prices as of 2026-05)" in text
+    assert "about 5 trial(s) at $5.56 projected each" in text  # at the dearest method's projection
+
+
 class FakeTrial:
     def __init__(self, status: str, last: dict[str, Any], best: float | None = None) -> None:
         self.trial_id, self.status, self.last_result = f"t{id(self)}", status, last

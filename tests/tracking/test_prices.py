@@ -20,6 +20,7 @@ from tracking.prices import (
     detect_device,
     load_catalog,
     match_price,
+    method_quotes,
     price_per_hour,
 )
 
@@ -135,8 +136,12 @@ def test_override_wins_and_needs_no_catalog(tmp_path: Path, monkeypatch: pytest.
 def test_unknown_gpu_and_bad_requests_are_errors() -> None:
     with pytest.raises(PriceError, match="no price for GPU 'NVIDIA L40S'"):
         price_per_hour("NVIDIA L40S", gpus=1, cpus=8)
-    with pytest.raises(PriceError, match="is a CPU; request gpus=0"):
+    with pytest.raises(PriceError, match="no GPU") as refused:
         price_per_hour(DeviceInfo("cpu", "AMD EPYC", 0, 2), gpus=1, cpus=2)
+    assert "`gpu: KEY`" in str(refused.value) and "--price-per-hour" in str(refused.value)
+    assert "a100-80gb" in str(refused.value)  # the known keys are listed
+    with pytest.raises(PriceError, match="gpu: 'a100'.*a100-80gb"):
+        price_per_hour(DeviceInfo("cpu", "AMD EPYC", 0, 2), gpus=1, cpus=2, gpu_key="a100")
     with pytest.raises(PriceError, match="unknown; use one of"):
         price_per_hour("cpu", 0, 2, tier="spot")
     with pytest.raises(PriceError, match="cannot be negative"):
@@ -212,3 +217,27 @@ def test_importing_tracking_prices_and_cost_does_not_import_torch() -> None:
     code = "import sys, tracking.prices, tracking.cost; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_each_method_pays_for_what_ray_reserves_for_it() -> None:
+    """A GPU-less driver names the cluster's GPU by catalog key; `gpus: 4` pays for four of them."""
+    from sweeps.config import Resources
+
+    head = DeviceInfo("cpu", "AMD EPYC", 0, 2)
+    resources = {"none": Resources(cpus=2, gpus=0), "lora": Resources(cpus=4, gpus=1),
+                 "full": Resources(cpus=8, gpus=4)}  # fmt: skip
+    quotes = method_quotes(resources, head, gpu_key="a100-80gb")
+    catalog = load_catalog()
+    gpu, cpu = prices.gpu_by_key(catalog, "a100-80gb").usd_per_hour, catalog.cpu_usd_per_vcpu_hour
+    assert (gpu, cpu) == (1.30, 0.045)  # the shipped catalog's A100 80GB and vCPU prices
+    assert quotes["none"].usd_per_hour == pytest.approx(2 * cpu)
+    assert quotes["lora"].usd_per_hour == pytest.approx(1 * gpu + 4 * cpu)
+    assert quotes["full"].usd_per_hour == pytest.approx(4 * gpu + 8 * cpu)
+    assert quotes["full"].device_key == "a100-80gb" and quotes["full"].gpus == 4
+    # The driver's own GPU sets the model when it has one; an explicit price overrides every method.
+    on_h100 = method_quotes(resources, DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", 1, 8, 80.0))
+    h100 = prices.gpu_by_key(catalog, "h100-sxm").usd_per_hour
+    assert on_h100["full"].usd_per_hour == pytest.approx(4 * h100 + 8 * cpu)
+    assert {q.usd_per_hour for q in method_quotes(resources, head, override=2.5).values()} == {2.5}
+    with pytest.raises(PriceError, match="method lora: resources: gpus=1: .*no GPU.*`gpu: KEY`.*--price-per-hour"):
+        method_quotes(resources, head)
