@@ -107,7 +107,8 @@ def print_start_banner(
     table.add_row("budget", f"{usd(budget_usd)} (US dollars)")
     if per_method:
         for method, q in per_method.items():
-            table.add_row(f"price {method}", f"{usd(q.usd_per_hour)}/h for {_reserved(q)} ({q.source}{as_of})")
+            rate = usd(q.usd_per_hour) if q.usd_per_hour >= 0.1 else f"${q.usd_per_hour:.2g}"  # CPUs: $0.045
+            table.add_row(f"price {method}", f"{rate}/h for {_reserved(q)} ({q.source}{as_of})")
     else:
         table.add_row("price", f"{usd(quote.usd_per_hour)}/h ({quote.source}{as_of})")
     table.add_row(

@@ -80,10 +80,13 @@ def children(runs: list[Any]) -> list[Any]:
 
 
 def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path) -> None:
-    cfg = smoke_config(tmp_path, "e2e")
+    # Full fine-tuning reserves 2 CPUs, the others 1: each trial is charged its own method's reservation.
+    cfg = smoke_config(tmp_path, "e2e", resources={"default": {"cpus": 1, "gpus": 0}, "full": {"cpus": 2}})
     done = sweepboard(tmp_path, "sweep", "--budget", "5", "--config", str(cfg))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "budget" in done.stdout and "Leaderboard" in done.stdout and "make ui" in done.stdout
+    banner = " ".join(done.stdout.split())
+    assert "price lora $0.045/h for 1 vCPU" in banner and "price full $0.09/h for 2 vCPU" in banner
 
     runs = runs_of(tmp_path, "e2e")
     parents = [r for r in runs if r.data.tags.get(names.TAG_ROLE) == "sweep"]
@@ -105,6 +108,11 @@ def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path)
         assert tags[names.TAG_TEST_SHA] == lock["sha256"]
         assert tags[names.TAG_METHOD] == run.data.params["method"]
         assert run.data.metrics["cost_usd"] > 0
+    priced = {r.data.params["method"]: r.data.metrics["cost_usd"] * 3600 / r.data.metrics["wall_seconds"]
+              for r in trials if r.data.metrics.get("wall_seconds")}  # fmt: skip
+    # Seconds x the method's price: 1 or 2 vCPU at $0.045 (a pruned trial logs no wall_seconds).
+    assert "lora" in priced and len(priced) >= 2, priced
+    assert priced == pytest.approx({m: (2 if m == "full" else 1) * 0.045 for m in priced})
     finished = [r for r in trials if r.data.tags[names.TAG_STATUS] == "finished"]
     assert finished, "no trial reached its final test evaluation"
     for run in finished:
