@@ -122,7 +122,7 @@ def _from_pretrained(path: str, cfg: TrialConfig, kwargs: dict[str, Any]) -> Any
     try:
         return AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except (ValueError, ImportError) as exc:
-        if "sdpa" not in str(exc).lower():
+        if not any(word in str(exc) for word in ("sdpa", "scaled_dot_product_attention")):
             raise
         print(f"sweepboard: note: model {cfg.model!r} does not support SDPA attention ({_first_line(exc)}); "
               "using eager attention", flush=True)  # fmt: skip

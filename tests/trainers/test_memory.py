@@ -113,3 +113,15 @@ def test_metrics_record_dtypes_checkpointing_and_attention(tiny_config: dict[str
 def test_full_keeps_fp32_master_weights_and_qlora_nf4(method: str, weights: str, tiny_config: dict[str, Any]) -> None:
     metrics = run_trial({**tiny_config, "method": method, "steps": 1, "eval_every": 1})
     assert metrics["weight_dtype"] == weights and metrics["gradient_checkpointing"] is False  # auto, tiny: off
+
+
+def test_a_model_without_sdpa_loads_with_eager_attention(
+    tiny_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import LlamaForCausalLM
+
+    monkeypatch.setattr(LlamaForCausalLM, "_supports_sdpa", False)  # as an architecture without an SDPA path
+    cfg = from_dict({**tiny_config, "method": "lora"})
+    _, model = model_mod.load(model_mod.resolve(cfg), cfg, "cpu", torch.float32)
+    assert model_mod.attn_implementation(model) == "eager"
+    assert "does not support SDPA attention" in capsys.readouterr().out
