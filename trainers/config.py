@@ -17,6 +17,7 @@ DEFAULT_MODEL = "smollm2-135m"  # the embedded default, converted once from the 
 DEFAULT_DATA = "builtin:dates"
 DEFAULT_TEST_SIZE = 300  # rows carved from data.source for the locked test set
 FORMATS = ("auto", "plain", "chat")
+CHECKPOINTING = ("auto", "true", "false")
 # The guides' usual rates: adapters tolerate (and need) far larger steps than the full weights do.
 DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 1e-5}  # the embedded default task, generated from a seed
 
@@ -73,6 +74,11 @@ class TrialConfig:
     weight_decay: float = 0.0
     seed: int = 0  # training seed (data order, init); independent of the test-set seed
     precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the hardware runs it natively)
+    # auto | true | false. auto: on when the activations a micro-batch keeps for backward (estimated as
+    # 34 x batch_size x max_seq_len x hidden x layers bytes, the no-attention-matrix case of Korthikanti et al.
+    # 2022, doubled in fp32) exceed a quarter of the trial device's memory; off otherwise, where recomputing
+    # every layer's forward in backward (~1/3 more compute) would only cost time.
+    gradient_checkpointing: str = "auto"
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch CPU threads; default: what the process was given
     trust_remote_code: bool = False
@@ -91,6 +97,8 @@ def from_dict(raw: dict[str, Any]) -> TrialConfig:
         problems.append(f"data: {data_raw!r}: must be a mapping of data settings")
         data_raw = {}
     data = _build(DataConfig, data_raw, "data.", problems)
+    if isinstance(raw.get("gradient_checkpointing"), (bool, str)):  # YAML true/false, or "True" from a CLI
+        raw["gradient_checkpointing"] = str(raw["gradient_checkpointing"]).strip().lower()
     cfg = _build(TrialConfig, raw, "", problems)
     if raw.get("steps") is not None and raw.get("epochs") is not None:
         problems.append(
@@ -243,6 +251,8 @@ def validate(cfg: TrialConfig) -> list[str]:
         p.append(f"threads: {cfg.threads!r}: must be a positive integer, or leave it out")
     if not cfg.model.strip():
         p.append(f"model: '': give {DEFAULT_MODEL} (the embedded default), a local Hugging Face folder or a hub id")
+    if cfg.gradient_checkpointing not in CHECKPOINTING:
+        p.append(f"gradient_checkpointing: {cfg.gradient_checkpointing!r}: use auto, true or false")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         p.append(f"precision: {cfg.precision!r}: use auto, fp32 or bf16")
     if cfg.device not in ("auto", "cpu", "cuda"):

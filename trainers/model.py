@@ -71,9 +71,12 @@ def check(cfg: TrialConfig) -> set[str] | None:
     return _linear_names_of(hf_config, cfg)
 
 
-def load(path: str, cfg: TrialConfig, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Tokenizer and model for the method; LoRA/QLoRA wrapped by PEFT, targets checked first."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load(
+    path: str, cfg: TrialConfig, device: str, dtype: torch.dtype, checkpointing: bool = False
+) -> tuple[Any, Any]:
+    """Tokenizer and model for the method; LoRA/QLoRA wrapped by PEFT, targets checked first. `dtype` is what
+    the weights are held in; `checkpointing` recomputes each layer's activations in backward (trainers.memory)."""
+    from transformers import AutoTokenizer
 
     _check_causal(_read_config(path, cfg), cfg)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
@@ -91,14 +94,49 @@ def load(path: str, cfg: TrialConfig, device: str, dtype: torch.dtype) -> tuple[
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device}
-    model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model: Any = _from_pretrained(path, cfg, kwargs)
     if cfg.method != "qlora":
         model.to(device)
+    if checkpointing and cfg.method != "none":
+        # Non-reentrant checkpointing gives gradients to the adapters inside a frozen, checkpointed layer
+        # without the inputs requiring grad (PyTorch's recommended variant; the reentrant one needs that hack).
+        # transformers also makes the embeddings' output require grad here, so PEFT's frozen layers pass it on.
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ModelError(
+                f"gradient_checkpointing: model {cfg.model!r} ({type(model).__name__}) does not support it; "
+                "set gradient_checkpointing: false, or lower batch_size/max_seq_len to fit memory"
+            )
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method in ("lora", "qlora"):
         model = _with_lora(model, cfg)
     elif cfg.method == "none":
         model.requires_grad_(False)
     return tok, model
+
+
+def _from_pretrained(path: str, cfg: TrialConfig, kwargs: dict[str, Any]) -> Any:
+    """PyTorch SDPA attention (fused kernels, no stored attention matrix); eager where the model has no
+    SDPA path, with a note, since that is slower and keeps seq_len^2 scores per head for backward."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    except (ValueError, ImportError) as exc:
+        if not any(word in str(exc) for word in ("sdpa", "scaled_dot_product_attention")):
+            raise
+        print(f"sweepboard: note: model {cfg.model!r} does not support SDPA attention ({_first_line(exc)}); "
+              "using eager attention", flush=True)  # fmt: skip
+        return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
+
+
+def attn_implementation(model: Any) -> str:
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return str(getattr(causal.config, "_attn_implementation", None) or "unknown")
+
+
+def config_of(path: str, cfg: TrialConfig) -> Any:
+    """The model's Hugging Face config (its shape), read without its weights."""
+    return _read_config(path, cfg)
 
 
 def linear_names(model: nn.Module) -> set[str]:
@@ -205,7 +243,7 @@ def _with_lora(model: Any, cfg: TrialConfig) -> Any:
 
     targets = resolve_targets(cfg.target_modules, linear_names(model))
     if cfg.method == "qlora":
-        # Gradient checkpointing trades compute for memory; at these sizes compute is the scarce thing.
+        # Checkpointing, when on, was enabled in `load` already (non-reentrant, through the current API).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(
         r=int(cfg.rank or 16),

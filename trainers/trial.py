@@ -24,6 +24,7 @@ from trainers import data as data_mod
 from trainers import evaluate, render
 from trainers import model as model_mod
 from trainers.config import ConfigError, TrialConfig, batch_problem, from_dict, planned_steps
+from trainers.memory import checkpointing_on, weight_dtype
 from trainers.metrics import choose_labels, scorer
 from trainers.train import Report, encode, train
 
@@ -58,7 +59,12 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
 
     # Model.
     t0 = time.perf_counter()
-    tok, model = model_mod.load(model_mod.resolve(cfg), cfg, device, torch.float32)
+    path = model_mod.resolve(cfg)
+    checkpointing = cfg.method != "none" and checkpointing_on(
+        cfg.gradient_checkpointing, model_mod.config_of(path, cfg), cfg.batch_size, cfg.max_seq_len, device,
+        autocast,
+    )  # fmt: skip
+    tok, model = model_mod.load(path, cfg, device, _weight_dtype(cfg.method, autocast), checkpointing)
     trainable, total = model_mod.count_params(model)
     weights_mb = model_mod.weights_bytes(model) / 2**20
     load_seconds = time.perf_counter() - t0
@@ -131,6 +137,10 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         "grad_accum": cfg.grad_accum,
         "max_seq_len": cfg.max_seq_len,
         "precision": "bf16" if autocast == torch.bfloat16 else "fp32",
+        "weight_dtype": weight_dtype(model),  # the frozen (base) weights: float32, bfloat16, or nf4 (QLoRA)
+        "compute_dtype": str(autocast or torch.float32).removeprefix("torch."),  # the matmuls, under autocast
+        "gradient_checkpointing": checkpointing,
+        "attn_implementation": model_mod.attn_implementation(model),
         "metric": cfg.data.metric,
         "data_format": plan["data_format"],
         **({"labels": plan["labels"]} if plan["labels"] is not None else {}),
@@ -255,6 +265,14 @@ def _autocast_dtype(precision: str, device: str) -> torch.dtype | None:
         # Without native bf16 (no AVX512-BF16/AMX) the CPU emulates it: measured here ~20x slower than fp32.
         return torch.bfloat16
     return None
+
+
+def _weight_dtype(method: str, autocast: torch.dtype | None) -> torch.dtype:
+    """LoRA holds its frozen base in bf16 where compute is bf16 anyway: half the weight memory, and autocast
+    would round those weights to bf16 for every matmul regardless. The adapters stay fp32 (PEFT upcasts them),
+    so the optimizer updates full-precision weights. Full fine-tuning keeps fp32 master weights (autocast
+    computes in bf16); QLoRA's base is NF4 whatever this says; `none` trains nothing and keeps fp32."""
+    return torch.bfloat16 if method == "lora" and autocast == torch.bfloat16 else torch.float32
 
 
 def _cpu_has_native_bf16() -> bool:
