@@ -134,16 +134,21 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     drop |= set(TRAINING_ONLY) if method == "none" else set()
     if flat.get("precision") == "auto":
         drop.add("precision")
+    if flat.get("gradient_checkpointing") == "auto":
+        drop.add("gradient_checkpointing")  # logged as what auto resolved to, from the final metrics
     if flat.get("epochs") is not None:
         drop.add("steps")
     return {key: value for key, value in flat.items() if key not in drop and value is not None}
 
 
 def resolved_params(params: Mapping[str, Any], final: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings a trial resolved as it ran, from its final metrics: the precision it trained in and the
-    steps its epochs came to (the config said "auto" / gave epochs)."""
+    """The settings a trial resolved as it ran, from its final metrics: the precision it trained in, the
+    dtypes its weights were held and computed in, whether it checkpointed activations, and the steps its
+    epochs came to (the config said "auto" / gave epochs)."""
     method = params.get("method")
-    keys = ["precision"] + (["steps"] if method not in ("none", None) else [])
+    keys = ["precision", "weight_dtype", "compute_dtype", "attn_implementation"]
+    if method not in ("none", None):
+        keys += ["steps", "gradient_checkpointing"]
     return {key: final[key] for key in keys if key not in params and final.get(key) not in (None, "")}
 
 
