@@ -22,7 +22,7 @@ from typing import Any
 
 from ray import tune
 
-from trainers import run_trial
+from trainers import faults, run_trial
 
 SEARCHED = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
 FINAL_FILES = ("metrics.json", "test_predictions.jsonl")  # metrics.json first: it marks a finished trial
@@ -95,6 +95,9 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
         return trial_should_stop(sweep)
 
     metrics = run_trial(settings, report=report)
+    if metrics["steps_done"] == metrics["steps"]:
+        # A drill at step steps + 1: a worker lost after the test evaluation, before the final report.
+        faults.inject(int(metrics["steps"]) + 1, str(metrics["method"]), out)
     _report_final(out, metrics)
 
 
