@@ -148,8 +148,9 @@ def assert_one_final_model(folder: Path, method: str) -> None:
         assert (folder / "work" / "model" / "tokenizer_config.json").is_file()
     else:  # the adapter: in the trial's work/ folder and in the final checkpoint that MLflow logs it from
         assert len(weights) == 2 and all(f.parent.name == "adapter" for f in weights)
-    model_bytes = max(f.stat().st_size for f in weights)
-    assert sum(f.stat().st_size for f in files) < 1.1 * model_bytes + 2 * 2**20, sorted(map(str, files))
+    shipped = folder / "work" / ("model" if method == "full" else "adapter")
+    model_bytes = sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file())  # weights and tokenizer
+    assert sum(f.stat().st_size for f in files) < 1.1 * model_bytes + 2**20, sorted(map(str, files))
 
 
 @pytest.mark.parametrize("price", [60.0, 100.0])
