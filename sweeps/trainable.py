@@ -63,12 +63,13 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
     sweep = config["sweepboard_sweep"]
     settings = trial_config(config, config["sweepboard_trial"])
     restored = tune.get_checkpoint()
-    if restored is not None:
+    # A trial that had finished its test evaluation keeps no training checkpoint: nothing to restore.
+    if restored is not None and not (out / FINAL_FILES[0]).is_file():
         # A restored trial (resume, or a retried worker) continues from its last reported checkpoint.
         # Whichever is newer wins: Ray's copy (another node, a retried worker) or the one in `out`.
         with restored.as_directory() as path:
             source = Path(path) / "checkpoint" if (Path(path) / "checkpoint").is_dir() else Path(path)
-            if (source / FINAL_FILES[0]).is_file() and not (out / FINAL_FILES[0]).is_file():
+            if (source / FINAL_FILES[0]).is_file():
                 _copy_final(source, out)  # a final checkpoint from another node: the trial's result
             elif _step(source) > _step(out / "checkpoint"):
                 shutil.rmtree(out / "checkpoint", ignore_errors=True)
