@@ -22,10 +22,11 @@ from typing import Any
 
 from ray import tune
 
-from trainers import run_trial
+from trainers import faults, run_trial
 
 SEARCHED = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
-FINAL_FILES = ("metrics.json", "test_predictions.jsonl")
+FINAL_FILES = ("metrics.json", "test_predictions.jsonl")  # metrics.json first: it marks a finished trial
+ADAPTER = "adapter"
 LOG_FILE = "trial.log"  # in the trial's folder: what it printed, over all its attempts
 
 
@@ -64,14 +65,23 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
     sweep = config["sweepboard_sweep"]
     settings = trial_config(config, config["sweepboard_trial"])
     restored = tune.get_checkpoint()
-    if restored is not None:
+    # A trial that had finished its test evaluation keeps no training checkpoint: nothing to restore.
+    if restored is not None and not (out / FINAL_FILES[0]).is_file():
         # A restored trial (resume, or a retried worker) continues from its last reported checkpoint.
         # Whichever is newer wins: Ray's copy (another node, a retried worker) or the one in `out`.
         with restored.as_directory() as path:
             source = Path(path) / "checkpoint" if (Path(path) / "checkpoint").is_dir() else Path(path)
-            if _step(source) > _step(out / "checkpoint"):
+            if (source / FINAL_FILES[0]).is_file():
+                _copy_final(source, out)  # a final checkpoint from another node: the trial's result
+            elif _step(source) > _step(out / "checkpoint"):
                 shutil.rmtree(out / "checkpoint", ignore_errors=True)
                 shutil.copytree(source, out / "checkpoint")
+    if (out / FINAL_FILES[0]).is_file():
+        # The trial had finished its test evaluation (the driver died before Tune recorded its end): its
+        # training checkpoint is gone by then, and its result is final, so report that result again.
+        print("sweepboard: the trial had finished; reporting its result again", flush=True)
+        _report_final(out, json.loads((out / FINAL_FILES[0]).read_text()))
+        return
     # Where this attempt starts: the time and steps of the checkpoint it continues from.
     attempt["prior_seconds"], attempt["prior_step"] = _elapsed(out / "checkpoint"), _step(out / "checkpoint")
     settings["out"] = str(out)
@@ -88,17 +98,34 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
         return trial_should_stop(sweep)
 
     metrics = run_trial(settings, report=report)
-    # The final checkpoint carries what MLflow logs as artifacts: metrics, per-example test scores, adapter.
+    if metrics["steps_done"] == metrics["steps"]:
+        # A drill at step steps + 1: a worker lost after the test evaluation, before the final report.
+        faults.inject(int(metrics["steps"]) + 1, str(metrics["method"]), out)
+    _report_final(out, metrics)
+
+
+def _report_final(out: Path, metrics: dict[str, Any]) -> None:
+    """The final report's checkpoint carries what MLflow logs as artifacts (metrics, per-example test
+    scores, the adapter), not the training state: run_trial deleted that, and a restore after this point
+    reports this result again instead of training. Ray copies the folder into its storage during the
+    report, so the staging copy is removed after it; with num_to_keep=1 Ray then drops the trial's last
+    training checkpoint, and a finished trial keeps no optimizer state. A full fine-tuning model stays in
+    `out/model` only (written once; MLflow does not log it)."""
     final = Path(tempfile.mkdtemp(prefix="final-", dir=out))
+    try:
+        _copy_final(out, final)
+        tune.report({**_numeric_or_text(metrics), "phase": "final", "step": metrics["steps_done"]},
+                    checkpoint=tune.Checkpoint.from_directory(str(final)))  # fmt: skip
+    finally:
+        shutil.rmtree(final, ignore_errors=True)
+
+
+def _copy_final(source: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in FINAL_FILES:
-        shutil.copy2(out / name, final / name)
-    if (out / "adapter").is_dir():
-        shutil.copytree(out / "adapter", final / "adapter")
-    # The training checkpoint travels too, so a restore after this point does not train again.
-    if (out / "checkpoint").is_dir():
-        shutil.copytree(out / "checkpoint", final / "checkpoint")
-    tune.report({**_numeric_or_text(metrics), "phase": "final", "step": metrics["steps_done"]},
-                checkpoint=tune.Checkpoint.from_directory(str(final)))  # fmt: skip
+        shutil.copy2(source / name, dest / name)
+    if (source / ADAPTER).is_dir():
+        shutil.copytree(source / ADAPTER, dest / ADAPTER)
 
 
 def failure_result(exc: BaseException, attempt: dict[str, Any], attempt_seconds: float) -> dict[str, Any]:

@@ -99,7 +99,9 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
         storage_path=str(root.parent),
         stop=BudgetStopper(ledger, cfg.name),
         callbacks=callbacks,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Only a trial's newest checkpoint: a resume continues from it (or from the trial's work/ folder),
+        # and each older one is a full copy of the trainable weights and optimizer state.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=1),  # a lost worker retries from its last checkpoint
         verbose=0,
     )

@@ -9,7 +9,9 @@ inherit the driver's environment; on a cluster, set it where the workers start).
 
 `step=N` fires just before the training loop trains step N (1-based, the step numbering of the reports),
 so `step=1` fails right after the model has loaded and `step=eval_every + 1` just after the first
-checkpoint. `method=` limits the fault to trials of one method; without it every training trial is hit.
+checkpoint. `step=steps + 1` (e.g. 7 for a 6-step trial) fires in a sweep's trial after its test evaluation,
+before its final report. `method=` limits the fault to trials of one method; without it every training
+trial is hit.
 
 An `error` fires every time the step comes round, like a bug in the code would: a retried trial fails
 again. A `kill` stands for a lost worker (out of memory, a preempted node): it fires once per trial folder

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -116,7 +117,7 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     quality, scores = evaluate.score(test, predictions, scorer(cfg.data.metric, plan["labels"]))
     test_seconds = time.perf_counter() - t0
     evaluate.write_predictions(out / "test_predictions.jsonl", test, prompts, predictions, scores, cut)
-    adapter_mb = _save_adapter(model, cfg, out)
+    adapter_mb = _save_final_model(model, tok, cfg, out)
     eval_seconds = time.perf_counter() - t0
     memory.stop()
 
@@ -184,6 +185,9 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         "status": "stopped" if state["stopped_early"] else "finished",
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # The trial is over: its training checkpoint (trainable weights and optimizer state, the biggest thing a
+    # full fine-tuning trial writes) is dead weight now that the final model and metrics are written.
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
     return metrics
 
 
@@ -317,12 +321,16 @@ def _targets(model: Any) -> str:
     return ",".join(sorted(config.target_modules)) if config is not None else ""
 
 
-def _save_adapter(model: Any, cfg: TrialConfig, out: Path) -> float:
-    """The adapter is what a LoRA run ships; for full fine-tuning it is every weight (not written here)."""
+def _save_final_model(model: Any, tok: Any, cfg: TrialConfig, out: Path) -> float:
+    """The model a trial ships, once, in Hugging Face format: the PEFT adapter folder for LoRA/QLoRA; for
+    full fine-tuning a safetensors model folder with its tokenizer (loadable with from_pretrained).
+    Returns adapter_mb: the adapter's size, or for full fine-tuning every weight's."""
     if cfg.method in ("lora", "qlora"):
         model.save_pretrained(out / "adapter")
         return sum(f.stat().st_size for f in (out / "adapter").rglob("*") if f.is_file()) / 2**20
     if cfg.method == "full":
+        model.save_pretrained(out / "model")  # safetensors: transformers 5 writes no other format
+        tok.save_pretrained(out / "model")
         return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     return 0.0
 

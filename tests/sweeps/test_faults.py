@@ -142,6 +142,32 @@ def test_a_killed_worker_is_retried_from_its_checkpoint_into_the_same_run(tmp_pa
 
 
 @pytest.mark.slow
+def test_a_worker_lost_after_the_test_evaluation_reports_the_result_again_without_training(
+    tmp_path: Path,
+) -> None:
+    """The trial's training state is deleted once it has its test score: the retried attempt must not train
+    again (from Ray's older checkpoint or from scratch) but report the result it had, with its artifacts."""
+    cfg = smoke_config(tmp_path, "lostfinal", max_trials=1, concurrency=1, baseline=False)
+    finish(start_sweep(tmp_path, cfg, fault="kill@step=7,method=lora"))  # smoke trials train 6 steps
+
+    runs = runs_of(tmp_path, "lostfinal")
+    trials = trial_runs(runs)
+    assert len(trials) == 1
+    run = trials[0]
+    trial_id = run.data.tags[names.TAG_TRIAL_ID]
+    folder = sweep_root(tmp_path, "lostfinal") / f"trial_{trial_id}"
+    assert (folder / "work" / "fault-kill-step7").is_file(), "the worker was never killed"
+    log = trial_log(tmp_path, "lostfinal", trial_id)
+    assert "reporting its result again" in log and "resuming from step" not in log
+    assert steps_logged(tmp_path, run) == [2, 4, 6]
+    assert run.data.tags[names.TAG_STATUS] == "finished" and run.data.metrics["steps_done"] == 6
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "test_predictions.jsonl", "adapter"} <= artifacts
+    assert not list(folder.rglob("*.pt")), "training state left after the trial finished"
+
+
+@pytest.mark.slow
 def test_two_sweeps_at_once_keep_their_runs_ledgers_and_files_apart(tmp_path: Path) -> None:
     sweeps = ("left", "right")
     configs = {name: smoke_config(tmp_path, name, max_trials=2, concurrency=1) for name in sweeps}

@@ -117,6 +117,8 @@ def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path)
     assert finished, "no trial reached its final test evaluation"
     for run in finished:
         assert 0 <= run.data.metrics["test_quality"] <= 1 and run.data.metrics["n_test"] == 40
+        assert_one_final_model(tmp_path / "runs" / "sweeps" / "e2e" / f"trial_{run.data.tags[names.TAG_TRIAL_ID]}",
+                               run.data.params["method"])  # fmt: skip
     # The production default (r8 in the smoke space) first, then every other method measured.
     # (Two trials start together at concurrency 2, so "first" is checked by content, not by start time.)
     defaults = [r for r in trials if r.data.params["method"] == "lora" and r.data.params["rank"] == "8"
@@ -139,6 +141,24 @@ def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path)
         again.returncode == 2 and "already exists" in again.stderr and "make resume NAME=e2e" in again.stderr
     )
     assert len(runs_of(tmp_path, "e2e")) == len(runs)
+
+
+def assert_one_final_model(folder: Path, method: str) -> None:
+    """What a finished trial leaves on disk: no training state (trainable weights, optimizer), its final
+    model once (a full fine-tuning model as one safetensors folder with its tokenizer, not logged to
+    MLflow), and nothing much else."""
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    assert not [f for f in files if f.suffix == ".pt"], f"training state left in {folder}"
+    weights = [f for f in files if f.suffix == ".safetensors"]
+    if method == "full":
+        assert [f.relative_to(folder) for f in weights] == [Path("work/model/model.safetensors")]
+        assert (folder / "work" / "model" / "config.json").is_file()
+        assert (folder / "work" / "model" / "tokenizer_config.json").is_file()
+    else:  # the adapter: in the trial's work/ folder and in the final checkpoint that MLflow logs it from
+        assert len(weights) == 2 and all(f.parent.name == "adapter" for f in weights)
+    shipped = folder / "work" / ("model" if method == "full" else "adapter")
+    model_bytes = sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file())  # weights and tokenizer
+    assert sum(f.stat().st_size for f in files) < 1.1 * model_bytes + 2**20, sorted(map(str, files))
 
 
 @pytest.mark.parametrize("price", [60.0, 100.0])

@@ -46,14 +46,20 @@ def test_each_method_writes_metrics(method: str, tiny_config: dict[str, Any]) ->
     assert [r["step"] for r in reports] == [2, 4]
     assert all(r["cost_usd"] > 0 and r["phase"] == "train" for r in reports)
     assert written["steps_done"] == 4 and written["tokens_trained"] > 0
-    assert (out / "checkpoint" / "state.json").is_file()
+    # A finished trial keeps its final model once, in Hugging Face format, and no optimizer state.
+    assert not (out / "checkpoint").exists()
+    assert not [f for f in out.rglob("*.pt")]
     if method in ("lora", "qlora"):
         assert (out / "adapter" / "adapter_config.json").is_file()
+        assert not (out / "model").exists()
         assert 0 < written["trainable_params"] < written["total_params"] / 10
         assert written["target_modules"] == "k_proj,o_proj,q_proj,v_proj"
     else:
         assert written["trainable_params"] == written["total_params"]
         assert written["rank"] is None and written["target_modules"] is None
+        assert not (out / "adapter").exists()
+        shipped = _loads_as_trained(out / "model")
+        assert shipped == pytest.approx(written["adapter_mb"] * 2**20, rel=0.02)  # one copy of the weights
 
 
 def test_qlora_weights_take_less_memory_than_lora(tiny_config: dict[str, Any], tmp_path: Path) -> None:
@@ -126,3 +132,16 @@ def test_changed_test_set_stops_the_trial(tiny_config: dict[str, Any]) -> None:
     ):
         run_trial({**tiny_config, "method": "none"})
 
+
+
+def _loads_as_trained(folder: Path) -> int:
+    """The full fine-tuning model folder loads with transformers' own from_pretrained (model and tokenizer);
+    returns the bytes of its safetensors weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    weights = list(folder.glob("*.safetensors"))
+    assert weights, f"no safetensors weights in {folder}"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert model.num_parameters() > 0 and tok("12 May").input_ids
+    return sum(f.stat().st_size for f in weights)
