@@ -63,17 +63,16 @@ def test_each_method_writes_metrics(method: str, tiny_config: dict[str, Any]) ->
 
 
 def test_qlora_weights_take_less_memory_than_lora(tiny_config: dict[str, Any], tmp_path: Path) -> None:
-    # fp32: NF4 against an fp32 base. With bf16 (precision auto on native-bf16 hardware) LoRA's base is bf16,
-    # and the tiny model is mostly its embedding matrix, which QLoRA keeps unquantized in fp32 (PEFT's
-    # prepare_model_for_kbit_training), so there the bf16 LoRA base is the smaller one.
+    # fp32: NF4 against an fp32 base. (On CUDA with bf16 LoRA's base is bf16, and the tiny model is mostly its
+    # embedding matrix, which QLoRA keeps unquantized in fp32, so there the bf16 LoRA base would be smaller.)
     fp32 = {**tiny_config, "steps": 2, "precision": "fp32"}
     lora = run_trial({**fp32, "method": "lora", "out": str(tmp_path / "l")})
     qlora = run_trial({**fp32, "method": "qlora", "out": str(tmp_path / "q")})
     assert qlora["weights_mb"] < lora["weights_mb"]
     assert (lora["weight_dtype"], qlora["weight_dtype"]) == ("float32", "nf4")
     bf16 = run_trial({**fp32, "method": "lora", "precision": "bf16", "out": str(tmp_path / "b")})
-    assert bf16["weight_dtype"] == "bfloat16"
-    assert bf16["weights_mb"] < 0.6 * lora["weights_mb"]  # half, plus the fp32 adapters
+    # On CPU the base stays fp32 under bf16 autocast (a bf16 base was slower there); on CUDA it is bf16.
+    assert (bf16["weight_dtype"], bf16["compute_dtype"]) == ("float32", "bfloat16")
 
 
 def test_qlora_holds_base_in_nf4(tiny_config: dict[str, Any]) -> None:
