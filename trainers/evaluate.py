@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from trainers import distributed
 from trainers.train import left_truncate
 
 
@@ -30,23 +31,32 @@ def generate_answers(
     """Greedy answers to rendered prompts, and which prompts were cut to `max_prompt_tokens`. A prompt is cut
     as training cuts one (train.left_truncate: its start goes), so the model sees what it was trained on."""
     model.eval()
+    world = distributed.current()
+    synced = distributed.sharded(model)  # FSDP: every forward is a collective, so workers keep in step
+    net = model if synced else distributed.unwrap(model)
     ids, truncated = model_inputs(tok, prompts, max_prompt_tokens)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    mine = distributed.shard(order, world, equal=synced)  # workers split the prompts
+    answers: list[tuple[int, str]] = []
+    for start in range(0, len(mine), batch_size):
+        idx = [i for i, _ in mine[start : start + batch_size]]
         enc = _left_padded([ids[i] for i in idx], tok.pad_token_id, device)
         with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            gen = model.generate(
+            gen = net.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
+                **({"synced_gpus": True} if synced else {}),
             )
         texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        for i, text in zip(idx, texts, strict=True):
-            out[i] = text.strip()
+        answers += [(i, t.strip()) for (i, counted), t in zip(mine[start : start + batch_size], texts,
+                                                            strict=True) if counted]  # fmt: skip
+    out: list[str] = [""] * len(prompts)
+    for part in distributed.gather(answers, world):
+        for i, text in part:
+            out[i] = text
     return out, truncated
 
 

@@ -6,10 +6,8 @@ Answer-only: the prompt is context, not a target, so only completion tokens carr
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers import faults
+from trainers import checkpoint, distributed, faults
 from trainers.config import TrialConfig
 
 IGNORE = -100
@@ -78,28 +76,39 @@ def batches_for_step(n: int, lengths: list[int], batch_size: int, seed: int, ste
 
 
 def collate(enc: Encoded, idx: list[int], pad_id: int, device: str) -> tuple[torch.Tensor, ...]:
+    """Left-padded (every answer ends at the right edge, so the answer positions of a batch are its last
+    columns and the head runs on those only: answer_logits)."""
     width = max(len(enc.ids[i]) for i in idx)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     for row, i in enumerate(idx):
         n = len(enc.ids[i])
-        ids[row, :n] = torch.tensor(enc.ids[i])
-        labels[row, :n] = torch.tensor(enc.labels[i])
-        mask[row, :n] = 1
+        ids[row, width - n :] = torch.tensor(enc.ids[i])
+        labels[row, width - n :] = torch.tensor(enc.labels[i])
+        mask[row, width - n :] = 1
     return ids.to(device), mask.to(device), labels.to(device)
 
 
 def answer_logits(
     model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits only where the next token is an answer token, and those targets."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    """Logits only where the next token is an answer token, and those targets.
+
+    Through the model's own forward, so that a DDP or FSDP wrapper sees the call (it syncs gradients or
+    gathers shards there), with `logits_to_keep`: the head (hidden x vocabulary, the largest matmul of a
+    small model) runs only on the last columns, which hold every row's answer because batches are
+    left-padded. Position ids count real tokens, so a left-padded row is computed as it would be unpadded."""
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    logits = causal.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    return logits, targets[keep], keep
+    columns = keep.any(dim=0).nonzero()
+    first = int(columns[0]) if len(columns) else targets.shape[1] - 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # Logits at positions first .. width-2 predict the targets first+1 .. width-1; the last one is dropped.
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=ids.shape[1] - first)
+    logits = out.logits[:, :-1]
+    keep, targets = keep[:, first:], targets[:, first:]
+    return logits[keep].float(), targets[keep], keep
 
 
 def train(
@@ -114,7 +123,12 @@ def train(
     report: Report | None,
     clock: Callable[[], float],
 ) -> dict[str, Any]:
-    """Train for cfg.steps (or until `report` asks to stop); resume from ckpt_dir when it holds a checkpoint."""
+    """Train for cfg.steps (or until `report` asks to stop); resume from ckpt_dir when it holds a checkpoint.
+
+    On several workers each takes every world-th example of the step's global batch, and its loss is its
+    share of the global batch's mean over answer tokens (its sum over the global count, times the world
+    size, which the gradient averaging of DDP and FSDP divides out again): the same maths as one worker."""
+    world = distributed.current()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(cfg.learning_rate or 0.0), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg.warmup_steps, cfg.steps))
@@ -128,8 +142,9 @@ def train(
         "val": {},
     }
     if (ckpt_dir / "state.json").is_file():
-        state = load_checkpoint(ckpt_dir, model, opt, sched)
-        print(f"sweepboard: resuming from step {state['step']} ({ckpt_dir})", flush=True)
+        state = checkpoint.load(ckpt_dir, model, opt, sched)
+        if world.main:
+            print(f"sweepboard: resuming from step {state['step']} ({ckpt_dir})", flush=True)
     lengths = [len(x) for x in train_enc.ids]
     pad = tok.pad_token_id
     stopped_early = False
@@ -142,21 +157,24 @@ def train(
         for micro in range(cfg.grad_accum):
             idx = batches_for_step(
                 len(lengths), lengths, cfg.batch_size, cfg.seed, state["step"] * cfg.grad_accum + micro
-            )
+            )[world.rank :: world.size]
             ids, mask, labels = collate(train_enc, idx, pad, device)
+            answer_tokens, tokens = distributed.all_sum(
+                [float((labels[:, 1:] != IGNORE).sum()), float(mask.sum())], world
+            )
             with _autocast(device, autocast_dtype):
                 logits, targets, _ = answer_logits(model, ids, mask, labels)
-                loss = F.cross_entropy(logits, targets) / cfg.grad_accum
-            loss.backward()
-            state["tokens"] += int(mask.sum())
-            window.append(loss.item() * cfg.grad_accum)
+                share = F.cross_entropy(logits, targets, reduction="sum") / answer_tokens
+            (share * world.size / cfg.grad_accum).backward()
+            state["tokens"] += int(tokens)
+            window.append(share.item())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         state["step"] += 1
         state["train_seconds"] += time.perf_counter() - t0
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
-            state["last_loss"] = sum(window) / len(window)
+            state["last_loss"] = distributed.all_sum([sum(window)], world)[0] / len(window)
             window.clear()
             t0 = time.perf_counter()
             state["val"] = validate(model, val_enc, pad, cfg, device, autocast_dtype)
@@ -164,7 +182,7 @@ def train(
             t1 = time.perf_counter()
             state["validate_seconds"] = state.get("validate_seconds", 0.0) + t1 - t0
             state["elapsed_seconds"] = clock()  # wall time of the whole trial so far, across resumes
-            save_checkpoint(ckpt_dir, model, opt, sched, state)
+            checkpoint.save(ckpt_dir, model, opt, sched, state)
             # Timed for the overhead benchmark: what a trial spends outside training and evaluation steps.
             state["checkpoint_seconds"] = state.get("checkpoint_seconds", 0.0) + time.perf_counter() - t1
             if report is not None:
@@ -176,7 +194,8 @@ def train(
                     "tokens_trained": state["tokens"],
                     "elapsed_seconds": state["elapsed_seconds"],
                 }
-                if report(metrics, str(ckpt_dir)):
+                # Every worker reports (Ray Train's report is collective); only rank 0 asks the budget.
+                if distributed.agree(bool(report(metrics, str(ckpt_dir))), world):
                     stopped_early = True
                     break
     if not state["val"]:
@@ -194,60 +213,32 @@ def validate(
     autocast_dtype: torch.dtype | None,
 ) -> dict[str, float]:
     """Teacher-forced validation: an example counts as right when every answer token (and EOS) is the
-    argmax. That is exactly "greedy decoding reproduces the answer", at the cost of one forward pass."""
+    argmax. That is exactly "greedy decoding reproduces the answer", at the cost of one forward pass.
+    Workers split the examples and add up their sums."""
+    world = distributed.current()
     model.eval()
+    net = model if distributed.sharded(model) else distributed.unwrap(model)  # DDP: no collective needed
     total_loss, total_tokens, right = 0.0, 0, 0.0
     order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
-    for start in range(0, len(order), cfg.eval_batch_size):
-        idx = order[start : start + cfg.eval_batch_size]
+    mine = distributed.shard(order, world, equal=distributed.sharded(model))
+    for start in range(0, len(mine), cfg.eval_batch_size):
+        idx = [i for i, _ in mine[start : start + cfg.eval_batch_size]]
+        counted = torch.tensor([c for _, c in mine[start : start + cfg.eval_batch_size]], device=device)
         ids, mask, labels = collate(enc, idx, pad, device)
+        labels[~counted] = IGNORE  # a filler row (FSDP's equal shares) counts for nothing
         with _autocast(device, autocast_dtype):
-            logits, targets, keep = answer_logits(model, ids, mask, labels)
+            logits, targets, keep = answer_logits(net, ids, mask, labels)
         total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
         total_tokens += targets.numel()
         hit = torch.zeros(keep.shape, dtype=torch.bool, device=keep.device)
         hit[keep] = logits.argmax(-1) == targets
-        per_row_ok = (hit | ~keep).all(dim=1)
+        per_row_ok = (hit | ~keep).all(dim=1) & counted
         if cfg.data.metric == "token_f1":
             right += (hit.sum(1).float() / keep.sum(1).clamp(min=1)).sum().item()
         else:
             right += per_row_ok.sum().item()
+    total_loss, total_tokens, right = distributed.all_sum([total_loss, float(total_tokens), right], world)
     return {"val_loss": total_loss / max(total_tokens, 1), "val_quality": right / max(len(enc.ids), 1)}
-
-
-def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: Any, sched: Any, state: dict[str, Any]) -> None:
-    """Trainable weights (the adapter for LoRA), optimizer, scheduler, step and RNG; written then renamed."""
-    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save(trainable, tmp / "trainable.pt")
-    torch.save(
-        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()},
-        tmp / "optim.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps(state))
-    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt_dir.exists():
-        ckpt_dir.rename(old)
-    tmp.rename(ckpt_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(ckpt_dir: Path, model: nn.Module, opt: Any, sched: Any) -> dict[str, Any]:
-    trainable = torch.load(ckpt_dir / "trainable.pt", weights_only=True)
-    missing = set(n for n, p in model.named_parameters() if p.requires_grad) - set(trainable)
-    if missing:
-        raise ValueError(
-            f"{ckpt_dir}: checkpoint does not match this trial's model (missing {sorted(missing)[:3]})"
-        )
-    model.load_state_dict(trainable, strict=False)
-    extra = torch.load(ckpt_dir / "optim.pt", weights_only=False)
-    opt.load_state_dict(extra["optimizer"])
-    sched.load_state_dict(extra["scheduler"])
-    _set_rng_state(extra["rng"])
-    return json.loads((ckpt_dir / "state.json").read_text())
 
 
 def _schedule(warmup: int, total: int) -> Callable[[int], float]:
@@ -262,17 +253,3 @@ def _schedule(warmup: int, total: int) -> Callable[[int], float]:
 
 def _autocast(device: str, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -22,7 +22,7 @@ import torch
 from tracking.cost import device_hours
 from tracking.prices import PriceQuote, detect_device, price_per_hour
 from trainers import data as data_mod
-from trainers import evaluate, render
+from trainers import distributed, evaluate, render
 from trainers import model as model_mod
 from trainers.config import ConfigError, TrialConfig, batch_problem, from_dict, planned_steps
 from trainers.memory import checkpointing_on, weight_dtype
@@ -68,6 +68,9 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     tok, model = model_mod.load(path, cfg, device, _weight_dtype(cfg.method, autocast, device), checkpointing)
     trainable, total = model_mod.count_params(model)
     weights_mb = model_mod.weights_bytes(model) / 2**20
+    # On several workers (torch.distributed set up by whoever started them): DDP or FSDP, see distributed.
+    world = distributed.current()
+    net = distributed.wrap(model, cfg.method, world, device)
     load_seconds = time.perf_counter() - t0
     memory.start()
 
@@ -79,11 +82,12 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     if cfg.method != "none":
         train_enc = encode(tok, render.render(splits.train, cfg.data, tok), cfg.max_seq_len)
     tokenize_seconds = time.perf_counter() - t0
-    _warn_truncated(train_enc.truncated if train_enc else 0, len(splits.train), "training", cfg)
-    _warn_truncated(val_enc.truncated, len(splits.val), "validation", cfg)
+    if world.main:
+        _warn_truncated(train_enc.truncated if train_enc else 0, len(splits.train), "training", cfg)
+        _warn_truncated(val_enc.truncated, len(splits.val), "validation", cfg)
     if train_enc is not None:
         state = train(
-            model,
+            net,
             tok,
             train_enc,
             val_enc,
@@ -98,7 +102,7 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         from trainers.train import validate
 
         t1 = time.perf_counter()
-        state["val"] = validate(model, val_enc, tok.pad_token_id, cfg, device, autocast)
+        state["val"] = validate(net, val_enc, tok.pad_token_id, cfg, device, autocast)
         state["validate_seconds"] = time.perf_counter() - t1
     train_seconds = time.perf_counter() - t0
 
@@ -108,16 +112,18 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     test, sha = data_mod.verify_lock(splits.lock_dir)
     prompts = [render.render_prompt(r, cfg.data, tok) for r in test]
     predictions, cut = evaluate.generate_answers(
-        model, tok, prompts, cfg.max_seq_len - cfg.max_new_tokens, cfg.max_new_tokens, cfg.eval_batch_size,
+        net, tok, prompts, cfg.max_seq_len - cfg.max_new_tokens, cfg.max_new_tokens, cfg.eval_batch_size,
         device, autocast,
     )  # fmt: skip
-    _warn_truncated(sum(cut), len(test), "test", cfg)
+    if world.main:
+        _warn_truncated(sum(cut), len(test), "test", cfg)
     stops = evaluate.stop_strings(test, cfg.data.stop)
     predictions = [evaluate.cut_at_stop(p, stops) for p in predictions]
     quality, scores = evaluate.score(test, predictions, scorer(cfg.data.metric, plan["labels"]))
     test_seconds = time.perf_counter() - t0
-    evaluate.write_predictions(out / "test_predictions.jsonl", test, prompts, predictions, scores, cut)
-    adapter_mb = _save_final_model(model, tok, cfg, out)
+    if world.main:
+        evaluate.write_predictions(out / "test_predictions.jsonl", test, prompts, predictions, scores, cut)
+    adapter_mb = _save_final_model(net, tok, cfg, out, world)
     eval_seconds = time.perf_counter() - t0
     memory.stop()
 
@@ -137,6 +143,7 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         "batch_size": cfg.batch_size,
         "grad_accum": cfg.grad_accum,
         "max_seq_len": cfg.max_seq_len,
+        "workers": world.size,
         "precision": "bf16" if autocast == torch.bfloat16 else "fp32",
         "weight_dtype": weight_dtype(model),  # the frozen (base) weights: float32, bfloat16, or nf4 (QLoRA)
         "compute_dtype": str(autocast or torch.float32).removeprefix("torch."),  # the matmuls, under autocast
@@ -181,13 +188,15 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         "usd_per_hour": quote.usd_per_hour,
         "price_source": quote.source,
         "cost_usd": wall * quote.usd_per_hour / 3600,
-        "device_hours": device_hours(wall, quote.gpus, quote.cpus),
+        "device_hours": device_hours(wall, quote.gpus * world.size, quote.cpus * world.size),
         "status": "stopped" if state["stopped_early"] else "finished",
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    # The trial is over: its training checkpoint (trainable weights and optimizer state, the biggest thing a
-    # full fine-tuning trial writes) is dead weight now that the final model and metrics are written.
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    if world.main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        # The trial is over: its training checkpoint (trainable weights and optimizer state, the biggest
+        # thing a full fine-tuning trial writes) is dead weight now that the final model and metrics are.
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    distributed.barrier(world)  # the others return once rank 0's files are there
     return metrics
 
 
@@ -324,17 +333,27 @@ def _targets(model: Any) -> str:
     return ",".join(sorted(config.target_modules)) if config is not None else ""
 
 
-def _save_final_model(model: Any, tok: Any, cfg: TrialConfig, out: Path) -> float:
-    """The model a trial ships, once, in Hugging Face format: the PEFT adapter folder for LoRA/QLoRA; for
-    full fine-tuning a safetensors model folder with its tokenizer (loadable with from_pretrained).
-    Returns adapter_mb: the adapter's size, or for full fine-tuning every weight's."""
-    if cfg.method in ("lora", "qlora"):
+def _save_final_model(net: Any, tok: Any, cfg: TrialConfig, out: Path, world: distributed.World) -> float:
+    """The model a trial ships, once, in Hugging Face format, by rank 0: the PEFT adapter folder for
+    LoRA/QLoRA; for full fine-tuning a safetensors model folder with its tokenizer (loadable with
+    from_pretrained; FSDP's shards gathered into it). Returns adapter_mb: the adapter's size, or for full
+    fine-tuning every weight's."""
+    model = distributed.unwrap(net)
+    if cfg.method in ("lora", "qlora") and world.main:
         model.save_pretrained(out / "adapter")
         return sum(f.stat().st_size for f in (out / "adapter").rglob("*") if f.is_file()) / 2**20
     if cfg.method == "full":
-        model.save_pretrained(out / "model")  # safetensors: transformers 5 writes no other format
-        tok.save_pretrained(out / "model")
-        return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        state = None
+        if distributed.sharded(net):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            # Collective: every worker sends its shards; rank 0 alone receives the whole model, on CPU.
+            state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if world.main:
+            model.save_pretrained(out / "model", state_dict=state)  # safetensors: transformers 5's only format
+            tok.save_pretrained(out / "model")
+            files = (out / "model").glob("*.safetensors")
+            return sum(f.stat().st_size for f in files) / 2**20
     return 0.0
 
 
