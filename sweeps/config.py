@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from trainers.config import ConfigError, from_dict
+from trainers.config import ConfigError, TrialConfig, from_dict
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -25,8 +25,12 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 @dataclass
 class Resources:
+    """What one trial of a method reserves: `workers` processes (Ray Train workers when more than one),
+    each with `cpus` and `gpus`."""
+
     cpus: float = 2
     gpus: float = 0
+    workers: int = 1
 
 
 @dataclass
@@ -111,10 +115,20 @@ def _resources(raw: Any, source: str, problems: list[str]) -> dict[str, Resource
         spec = raw.get(method)
         if spec is None:
             continue
-        if not isinstance(spec, dict) or set(spec) - {"cpus", "gpus"}:
-            problems.append(f"{source}: resources.{method}: {spec!r}: give {{cpus: N, gpus: N}}")
+        if not isinstance(spec, dict) or set(spec) - {"cpus", "gpus", "workers"}:
+            problems.append(f"{source}: resources.{method}: {spec!r}: give {{cpus: N, gpus: N, workers: N}}")
             continue
         for target in out if method == "default" else [method]:
+            if "workers" in spec:
+                workers = spec["workers"]
+                if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+                    problems.append(f"{source}: resources.{method}.workers: {workers!r}: a whole number >= 1 "
+                                    "(processes per trial; 1 runs the trial in one process)")  # fmt: skip
+                elif workers > 1 and target == "none":
+                    problems.append(f"{source}: resources.{method}.workers: {workers}: the baseline (method "
+                                    "none) evaluates in one process; give resources.none workers: 1")  # fmt: skip
+                else:
+                    out[target].workers = workers
             for key in ("cpus", "gpus"):
                 if key in spec:
                     try:
@@ -178,6 +192,12 @@ def _check(cfg: SweepConfig) -> list[str]:
     for key in ("method", "out", "rank", "alpha", "learning_rate", "target_modules", "lora_dropout"):
         if key in cfg.trial:
             p.append(f"{s}: trial.{key}: is searched, not fixed: set it in the search space instead")
+    # Workers split each step's batch: each takes every workers-th example, and all take as many.
+    batch = cfg.trial.get("batch_size", TrialConfig.batch_size)
+    for method, res in cfg.resources.items():
+        if res.workers > 1 and isinstance(batch, int) and batch % res.workers:
+            p.append(f"{s}: resources.{method}.workers: {res.workers}: trial.batch_size {batch} does not split "
+                     f"evenly over {res.workers} workers; make batch_size a multiple of workers")  # fmt: skip
     return p
 
 

@@ -97,7 +97,13 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
         tune.report(metrics, checkpoint=checkpoint)
         return trial_should_stop(sweep)
 
-    metrics = run_trial(settings, report=report)
+    spec = (config.get("sweepboard_workers") or {}).get(settings.get("method") or "lora")
+    if spec:  # several workers: Ray Train runs them, and rank 0's reports reach Tune without `report`
+        from sweeps import workers
+
+        metrics = workers.run(settings, spec, sweep, out.parent / LOG_FILE)
+    else:
+        metrics = run_trial(settings, report=report)
     if metrics["steps_done"] == metrics["steps"]:
         # A drill at step steps + 1: a worker lost after the test evaluation, before the final report.
         faults.inject(int(metrics["steps"]) + 1, str(metrics["method"]), out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -82,9 +83,12 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
     # little: a stale snapshot can re-run trials that had finished (and pay for them twice).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     ray_init(cfg)
-    # Resources per method: full fine-tuning may ask for more than QLoRA.
+    # Resources per method: full fine-tuning may ask for more than QLoRA. A multi-worker trial's workers
+    # are Ray Train's, which reserves them itself (sweeps/workers.py): its Tune trial only runs the Train
+    # driver and holds next to nothing (Ray refuses an empty bundle, so one byte of memory).
     resources = {
-        m: tune.PlacementGroupFactory([{"CPU": r.cpus, "GPU": r.gpus}]) for m, r in cfg.resources.items()
+        m: tune.PlacementGroupFactory([{"CPU": r.cpus, "GPU": r.gpus} if r.workers == 1 else {"memory": 1}])
+        for m, r in cfg.resources.items()
     }
     trainable_with_resources = tune.with_resources(
         trainable, lambda config: resources[config.get("method") or "lora"]
@@ -191,7 +195,8 @@ def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any],
     price = {"price_per_hour": cfg.price_per_hour} if cfg.price_per_hour else {}
     root = str(Path(cfg.storage).resolve() / cfg.name)
     return {"sweepboard_sweep": cfg.name, "sweepboard_root": root, "sweepboard_trial": {**base, **price},
-            "sweepboard_prices": dict(prices or {})}  # fmt: skip
+            "sweepboard_prices": dict(prices or {}),
+            "sweepboard_workers": {m: dataclasses.asdict(r) for m, r in cfg.resources.items() if r.workers > 1}}  # fmt: skip
 
 
 def prepare(base: dict[str, Any]) -> tuple[str, int]:

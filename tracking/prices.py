@@ -217,14 +217,16 @@ def method_quotes(
     catalog: Catalog | None = None,
 ) -> dict[str, PriceQuote]:
     """The price of each method from what Ray reserves for one of its trials (`resources[method]` has
-    .gpus and .cpus). The driver's own GPU sets the GPU model; without one, the catalog key `gpu_key`."""
+    .gpus and .cpus per worker, and .workers): workers x (GPUs x GPU price + CPUs x CPU price). The
+    driver's own GPU sets the GPU model; without one, the catalog key `gpu_key`."""
     quotes: dict[str, PriceQuote] = {}
     needs_catalog = override is None
     catalog = catalog if catalog is not None or not needs_catalog else load_catalog()
     for method, res in resources.items():
         try:
+            workers = getattr(res, "workers", 1)
             quotes[method] = price_per_hour(
-                device, res.gpus, res.cpus, override, catalog=catalog, gpu_key=gpu_key
+                device, res.gpus * workers, res.cpus * workers, override, catalog=catalog, gpu_key=gpu_key
             )
         except PriceError as err:
             raise PriceError(f"method {method}: {err}") from err

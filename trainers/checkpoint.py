@@ -62,9 +62,8 @@ def load(ckpt_dir: Path, model: nn.Module, opt: Any, sched: Any) -> dict[str, An
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         weights, optim = get_state_dict(model, opt)
-        both = {"model": weights, "optim": optim}
-        dcp.load(both, checkpoint_id=str(ckpt_dir / "shards"))
-        set_state_dict(model, opt, model_state_dict=both["model"], optim_state_dict=both["optim"])
+        dcp.load({"model": weights, "optim": optim}, checkpoint_id=str(ckpt_dir / "shards"))  # in place
+        set_state_dict(model, opt, model_state_dict=weights, optim_state_dict=optim)
     else:
         if not (ckpt_dir / "trainable.pt").is_file():
             raise ValueError(f"{ckpt_dir}: sharded by several workers; resume with the same resources.workers")

@@ -49,7 +49,7 @@ def wrap(model: nn.Module, method: str, world: World, device: str) -> nn.Module:
     if method == "full":
         from torch.distributed.fsdp import fully_shard
 
-        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        causal: Any = getattr(model, "get_base_model", lambda: model)()
         for layer in _decoder_layers(causal):
             fully_shard(layer)
         fully_shard(model)  # the root: embeddings, final norm and head (tied to the embeddings or not)

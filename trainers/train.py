@@ -145,6 +145,11 @@ def train(
         state = checkpoint.load(ckpt_dir, model, opt, sched)
         if world.main:
             print(f"sweepboard: resuming from step {state['step']} ({ckpt_dir})", flush=True)
+        if report is not None and world.size > 1 and state["val"]:
+            # Ray Train drops the reports its controller had not yet collected when a worker dies, and the
+            # point this checkpoint was written at may be one: report it again (at worst a second point at
+            # that step, as a resumed single-process trial can give). Every worker reports, as below.
+            report(_point(state), str(ckpt_dir))
     lengths = [len(x) for x in train_enc.ids]
     pad = tok.pad_token_id
     stopped_early = False
@@ -185,19 +190,10 @@ def train(
             checkpoint.save(ckpt_dir, model, opt, sched, state)
             # Timed for the overhead benchmark: what a trial spends outside training and evaluation steps.
             state["checkpoint_seconds"] = state.get("checkpoint_seconds", 0.0) + time.perf_counter() - t1
-            if report is not None:
-                metrics = {
-                    "step": state["step"],
-                    "train_loss": state["last_loss"],
-                    "val_loss": state["val"]["val_loss"],
-                    "val_quality": state["val"]["val_quality"],
-                    "tokens_trained": state["tokens"],
-                    "elapsed_seconds": state["elapsed_seconds"],
-                }
-                # Every worker reports (Ray Train's report is collective); only rank 0 asks the budget.
-                if distributed.agree(bool(report(metrics, str(ckpt_dir))), world):
-                    stopped_early = True
-                    break
+            # Every worker reports (Ray Train's report is collective); only rank 0 asks the budget.
+            if report is not None and distributed.agree(bool(report(_point(state), str(ckpt_dir))), world):
+                stopped_early = True
+                break
     if not state["val"]:
         state["val"] = validate(model, val_enc, pad, cfg, device, autocast_dtype)
     return {**state, "stopped_early": stopped_early}
@@ -218,7 +214,7 @@ def validate(
     world = distributed.current()
     model.eval()
     net = model if distributed.sharded(model) else distributed.unwrap(model)  # DDP: no collective needed
-    total_loss, total_tokens, right = 0.0, 0, 0.0
+    total_loss, total_tokens, right = 0.0, 0.0, 0.0
     order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
     mine = distributed.shard(order, world, equal=distributed.sharded(model))
     for start in range(0, len(mine), cfg.eval_batch_size):
@@ -229,7 +225,7 @@ def validate(
         with _autocast(device, autocast_dtype):
             logits, targets, keep = answer_logits(net, ids, mask, labels)
         total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
-        total_tokens += targets.numel()
+        total_tokens += float(targets.numel())
         hit = torch.zeros(keep.shape, dtype=torch.bool, device=keep.device)
         hit[keep] = logits.argmax(-1) == targets
         per_row_ok = (hit | ~keep).all(dim=1) & counted
@@ -237,8 +233,20 @@ def validate(
             right += (hit.sum(1).float() / keep.sum(1).clamp(min=1)).sum().item()
         else:
             right += per_row_ok.sum().item()
-    total_loss, total_tokens, right = distributed.all_sum([total_loss, float(total_tokens), right], world)
+    total_loss, total_tokens, right = distributed.all_sum([total_loss, total_tokens, right], world)
     return {"val_loss": total_loss / max(total_tokens, 1), "val_quality": right / max(len(enc.ids), 1)}
+
+
+def _point(state: dict[str, Any]) -> dict[str, Any]:
+    """What a report says about the trial at a checkpoint."""
+    return {
+        "step": state["step"],
+        "train_loss": state["last_loss"],
+        "val_loss": state["val"]["val_loss"],
+        "val_quality": state["val"]["val_quality"],
+        "tokens_trained": state["tokens"],
+        "elapsed_seconds": state["elapsed_seconds"],
+    }
 
 
 def _schedule(warmup: int, total: int) -> Callable[[int], float]:
