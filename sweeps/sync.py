@@ -111,7 +111,7 @@ def baseline_records(root: Path, sweep: str, identity: str, state: dict[str, Any
 
 
 def baseline_record(sweep: str, identity: str, base: dict[str, Any], git: str | None) -> rec.TrialRecord:
-    """The baseline's record before it ends: its run's name, params and tags (sweeps/tune_run.py logs it)."""
+    """The baseline's record before it ends: its run's name, params and tags (sweeps/baseline.py logs it)."""
     model = base.get("model")
     if model and Path(model).expanduser().exists():
         base = {**base, "model": str(Path(model).expanduser().resolve())}

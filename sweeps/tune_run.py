@@ -59,6 +59,7 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
 
     from sweeps import pruning
     from sweeps import search as sweep_search
+    from sweeps.baseline import run_baseline
     from sweeps.budget import BudgetLedger, BudgetSearcher, BudgetStopper, BudgetSync
     from sweeps.mlflow_callback import MLflowTrialLogger
     from sweeps.progress import SweepProgress, print_start_banner
@@ -72,6 +73,10 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
     print_start_banner(console, budget_usd, quote[dearest], estimate, cfg.max_trials,
                        per_method={m: quote[m] for m in space.method_names})  # fmt: skip
 
+    # Tune snapshots its experiment state every 10 s instead of its default, so a killed driver loses
+    # little: a stale snapshot can re-run trials that had finished (and pay for them twice).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
+    ray_init(cfg)  # before the baseline: it is a Ray task
     baseline_cost = run_baseline(cfg, base, client, parent, identity, quote["none"]) if cfg.baseline else 0.0
     books["baseline_cost"] = baseline_cost
     # The baseline is paid for out of the same budget; trials get what is left.
@@ -79,10 +84,6 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
                           path=root / "budget.json", baseline_usd=baseline_cost, estimates=estimates)  # fmt: skip
     books["ledger"] = ledger
 
-    # Tune snapshots its experiment state every 10 s instead of its default, so a killed driver loses
-    # little: a stale snapshot can re-run trials that had finished (and pay for them twice).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
-    ray_init(cfg)
     # Resources per method: full fine-tuning may ask for more than QLoRA. A multi-worker trial's workers
     # are Ray Train's, which reserves them itself (sweeps/workers.py): its Tune trial only runs the Train
     # driver and holds next to nothing (Ray refuses an empty bundle, so one byte of memory).
@@ -211,40 +212,3 @@ def prepare(base: dict[str, Any]) -> tuple[str, int]:
     console.print(data_mod.describe(splits))
     model_mod.resolve(trial)
     return str(splits.sha256), planned_steps(trial, len(splits.train))
-
-
-def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: Any, parent: str, identity: str,
-                 quote: Any) -> float:  # fmt: skip
-    """The base model, no fine-tuning, evaluated once per sweep (also across resumes; never an earlier
-    sweep's of the same name: its run is found by this sweep's id)."""
-    from sweeps.reconcile import Outcome, failed, reconcile
-    from sweeps.sync import BASELINE_ID, baseline_record
-    from tracking import mlflow_store
-    from trainers import run_trial
-
-    experiment = mlflow_store.ensure_experiment(client, cfg.name)
-    record = baseline_record(cfg.name, identity, base, git_commit())
-    run_id = mlflow_store.find_trial_run(client, experiment, record.trial_id, identity)
-    if run_id is not None:
-        run = client.get_run(run_id)
-        if run.data.tags.get(names.TAG_STATUS) == "finished":
-            return float(run.data.metrics.get("cost_usd", 0.0))
-    console.print("baseline: evaluating the base model without fine-tuning on the locked test set…")
-    out = Path(cfg.storage).resolve() / cfg.name / BASELINE_ID
-    settings = {**base, "method": "none", "out": str(out), "price_per_hour": quote.usd_per_hour}
-    mlflow_store.get_or_create_trial_run(client, experiment, parent, record.trial_id, identity, record.run_name,
-                                         record.role, record.params, record.tags)  # fmt: skip
-    try:
-        metrics = run_trial(settings)
-    except KeyboardInterrupt:
-        record.outcome = Outcome("interrupted", {}, None, False)
-        reconcile(client, experiment, parent, record, identity)
-        raise
-    except Exception as exc:
-        record.outcome = failed({}, f"{type(exc).__name__}: {exc}")
-        reconcile(client, experiment, parent, record, identity)
-        raise
-    record.outcome, record.folder = Outcome("finished", metrics, None, True), out
-    reconcile(client, experiment, parent, record, identity)
-    console.print(f"baseline: test quality {metrics['test_quality']:.3f} at ${metrics['cost_usd']:.4f}")
-    return float(metrics["cost_usd"])
