@@ -7,7 +7,8 @@ Writes bench/results.json and bench/REPORT.md (with plots beside it):
    same LoRA trial, alternated in this process (goal >= 1.2), with both train losses;
 3. search.cost_ratio_vs_random: dollars our search (TPE + ASHA) needs to reach 95% of the best test
    quality, over random search's, replayed on the recorded table (goal <= 0.5);
-4. memory.<method>_mb: peak memory per method, from the same sweep's trials;
+4. memory.<method>_mb: peak memory per method, and disk.default_sweep_gb: what that sweep left on disk
+   (goal <= 3 GB), from the same sweep's trials;
 5. gpu: the committed CUDA measurement (bench/gpu_results.json), when one was made.
 """
 
@@ -32,7 +33,7 @@ from bench.report import write_report
 
 HERE = Path(__file__).resolve().parent
 GOALS = {"overhead.compute_share": (">=", 0.9), "throughput.ratio_vs_hf_trainer": (">=", 1.2),
-         "search.cost_ratio_vs_random": ("<=", 0.5)}  # fmt: skip
+         "search.cost_ratio_vs_random": ("<=", 0.5), "disk.default_sweep_gb": ("<=", 3.0)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE, help="where results.json and REPORT.md go")
     parser.add_argument("--only", nargs="*", choices=["overhead", "throughput", "search", "gpu"],
                         help="run only these parts (the others are kept from an earlier results.json)")  # fmt: skip
-    parser.add_argument("--sweep-trials", type=int, default=3, help="trials in the overhead/memory sweep")
+    parser.add_argument("--sweep-trials", type=int, default=4, help="trials in the overhead/memory sweep")
     parser.add_argument("--throughput-steps", type=int, default=20)
     parser.add_argument("--throughput-rounds", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=20, help="seeds per search in the replay")
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="sweepboard-bench-") as tmp:
             root, uri, name, wall = overhead.run_sweep(Path(tmp), args.sweep_trials)
             results.update(overhead.analyse(root, uri, name, wall))
-        _say(f"compute share {results['overhead']['compute_share']:.3f}")
+        _say(f"compute share {results['overhead']['compute_share']:.3f}, "
+             f"disk {results['disk']['default_sweep_gb']:.3f} GB")  # fmt: skip
     if "throughput" in parts:
         _step(f"2/4 trainer speed: ours vs HF Trainer + PEFT, {args.throughput_rounds} rounds of "
               f"{args.throughput_steps} steps each")  # fmt: skip

@@ -105,7 +105,18 @@ def analyse(root: Path, uri: str, name: str, sweep_wall: float | None = None) ->
         memory["none_weights_mb"] = baseline["weights_mb"]
     if "lora_weights_mb" in memory and "qlora_weights_mb" in memory:
         memory["qlora_over_lora_weights"] = memory["qlora_weights_mb"] / memory["lora_weights_mb"]
-    return {"overhead": result, "memory": memory}
+    return {"overhead": result, "memory": memory, "disk": disk(root)}
+
+
+def disk(root: Path) -> dict[str, Any]:
+    """What the sweep left on disk, by kind: its trials run to their end here (no pruning), each leaving
+    its final model once and no optimizer state, so this bounds what `make sweep` leaves from above."""
+    files = [f for f in root.rglob("*") if f.is_file() and not f.is_symlink()]
+    size = sum(f.stat().st_size for f in files)
+    models = sum(f.stat().st_size for f in files if f.parent.name in ("adapter", "model"))
+    training = sum(f.stat().st_size for f in files if f.name in ("trainable.pt", "optim.pt"))
+    return {"default_sweep_gb": size / 1e9, "final_models_gb": models / 1e9,
+            "training_state_gb": training / 1e9, "files": len(files)}  # fmt: skip
 
 
 def _stopped(work: Path) -> dict[str, Any] | None:

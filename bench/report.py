@@ -27,6 +27,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     lines += _throughput(results.get("throughput"))
     lines += _search(results.get("search"), out)
     lines += _memory(results.get("memory"))
+    lines += _disk(results.get("disk"))
     lines += _gpu(results.get("gpu"))
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
@@ -108,6 +109,14 @@ def _search(s: dict[str, Any] | None, out: Path) -> list[str]:
     if plot:
         lines += [f"![regret versus dollars]({plot.name})"]
     return lines
+
+
+def _disk(d: dict[str, Any] | None) -> list[str]:
+    if not d:
+        return []
+    return ["", f"**Disk: {d['default_sweep_gb']:.3f} GB** left by that sweep ({d['files']} files; goal <= 3 GB): "
+            f"{d['final_models_gb']:.3f} GB of final models (adapter folders, full fine-tuning's safetensors "
+            f"model), {d['training_state_gb']:.3f} GB of training state (optimizer, trainable weights)."]
 
 
 def _memory(m: dict[str, Any] | None) -> list[str]:
