@@ -73,7 +73,7 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
             source = Path(path) / "checkpoint" if (Path(path) / "checkpoint").is_dir() else Path(path)
             if (source / FINAL_FILES[0]).is_file():
                 _copy_final(source, out)  # a final checkpoint from another node: the trial's result
-            elif _step(source) > _step(out / "checkpoint"):
+            elif _step(source) > _step(out / "checkpoint") and _has_weights(source):
                 shutil.rmtree(out / "checkpoint", ignore_errors=True)
                 shutil.copytree(source, out / "checkpoint")
     if (out / FINAL_FILES[0]).is_file():
@@ -93,8 +93,11 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> bool:
         attempt["last"] = metrics
-        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir is None:
+            tune.report(metrics)
+        else:
+            with _pointer(Path(checkpoint_dir)) as pointer:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(pointer)))
         return trial_should_stop(sweep)
 
     spec = (config.get("sweepboard_workers") or {}).get(settings.get("method") or "lora")
@@ -124,6 +127,25 @@ def _report_final(out: Path, metrics: dict[str, Any]) -> None:
                     checkpoint=tune.Checkpoint.from_directory(str(final)))  # fmt: skip
     finally:
         shutil.rmtree(final, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _pointer(checkpoint: Path) -> Iterator[Path]:
+    """What Tune keeps of a training checkpoint: its state.json (step, elapsed time, validation), a few
+    hundred bytes, not a second copy of the weights and optimizer state. The checkpoint itself is written
+    once, in the trial's folder under the sweep's storage (a path every node sees), which is where a
+    restored trial continues from; Tune's copy tells Tune, ASHA and the budget which step that is. Ray
+    copies the folder into its storage during the report, so the staging copy goes afterwards."""
+    staging = Path(tempfile.mkdtemp(prefix="pointer-", dir=checkpoint.parent))
+    try:
+        shutil.copy2(checkpoint / "state.json", staging / "state.json")
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _has_weights(checkpoint: Path) -> bool:
+    return (checkpoint / "trainable.pt").is_file() or (checkpoint / "shards").is_dir()
 
 
 def _copy_final(source: Path, dest: Path) -> None:

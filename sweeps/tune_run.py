@@ -61,6 +61,7 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
     from sweeps import search as sweep_search
     from sweeps.baseline import run_baseline
     from sweeps.budget import BudgetLedger, BudgetSearcher, BudgetStopper, BudgetSync
+    from sweeps.cleanup import DropUnfinishedState
     from sweeps.mlflow_callback import MLflowTrialLogger
     from sweeps.progress import SweepProgress, print_start_banner
     from sweeps.trainable import trainable
@@ -98,6 +99,7 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
         BudgetSync(ledger, cfg.name),
         MLflowTrialLogger(uri, cfg.name, identity, parent, git_commit()),
         SweepProgress(console, ledger),  # the ledger counts the baseline
+        DropUnfinishedState(),  # a pruned trial's weights and optimizer state
     ]
     run_config = tune.RunConfig(
         name=cfg.name,

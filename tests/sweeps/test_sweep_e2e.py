@@ -119,6 +119,14 @@ def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path)
         assert 0 <= run.data.metrics["test_quality"] <= 1 and run.data.metrics["n_test"] == 40
         assert_one_final_model(tmp_path / "runs" / "sweeps" / "e2e" / f"trial_{run.data.tags[names.TAG_TRIAL_ID]}",
                                run.data.params["method"])  # fmt: skip
+    # One copy of each checkpoint: what Tune keeps of a training checkpoint is its state.json, never the
+    # weights, and a trial pruned (or stopped) before its test evaluation loses its training state when it
+    # ends. So no training state is left anywhere in the sweep.
+    sweep_dir = tmp_path / "runs" / "sweeps" / "e2e"
+    assert not sorted(sweep_dir.rglob("*.pt")), sorted(map(str, sweep_dir.rglob("*.pt")))
+    kept = [d for d in sweep_dir.rglob("checkpoint_0*") if d.is_dir()]
+    assert kept and all({f.name for f in d.iterdir()} <= {"state.json", "metrics.json", "test_predictions.jsonl",
+                                                           "adapter"} for d in kept)  # fmt: skip
     # The production default (r8 in the smoke space) first, then every other method measured.
     # (Two trials start together at concurrency 2, so "first" is checked by content, not by start time.)
     defaults = [r for r in trials if r.data.params["method"] == "lora" and r.data.params["rank"] == "8"

@@ -1,0 +1,39 @@
+"""What a trial that ended without finishing leaves behind: its training state goes, its record stays.
+
+A trial ASHA stops (or the budget ends) never reaches its test evaluation, so its checkpoint's weights and
+optimizer state (for full fine-tuning, 16 bytes a parameter) would only fill the disk: nothing resumes a
+trial Tune has terminated, and the leaderboard does not rank it. Its state.json (step, times, validation)
+and its log stay. A trial that errored keeps its checkpoint: Tune may retry it, and `resume` can restart it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from sweeps.trainable import FINAL_FILES
+
+TRAINING_STATE = ("trainable.pt", "optim.pt", "shards")
+
+
+class DropUnfinishedState(Callback):
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        root = (trial.config or {}).get("sweepboard_root")
+        if root is None:
+            return
+        work = Path(root) / f"trial_{trial.trial_id}" / "work"
+        if (work / FINAL_FILES[0]).is_file():
+            return  # finished: the trial removed its own training state after writing its final model
+        drop_training_state(work / "checkpoint")
+
+
+def drop_training_state(checkpoint: Path) -> None:
+    for name in TRAINING_STATE:
+        path = checkpoint / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
