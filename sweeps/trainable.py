@@ -67,8 +67,10 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
     restored = tune.get_checkpoint()
     # A trial that had finished its test evaluation keeps no training checkpoint: nothing to restore.
     if restored is not None and not (out / FINAL_FILES[0]).is_file():
-        # A restored trial (resume, or a retried worker) continues from its last reported checkpoint.
-        # Whichever is newer wins: Ray's copy (another node, a retried worker) or the one in `out`.
+        # A restored trial (resume, or a retried worker) continues from its newest checkpoint, the one in
+        # `out`: Ray's copy of a training checkpoint is only its state.json (see _pointer). A final
+        # checkpoint (metrics, predictions, adapter) in Ray's storage is the trial's result; a Ray copy
+        # with weights (a sweep started by an earlier sweepboard) is used when it is the newer one.
         with restored.as_directory() as path:
             source = Path(path) / "checkpoint" if (Path(path) / "checkpoint").is_dir() else Path(path)
             if (source / FINAL_FILES[0]).is_file():
