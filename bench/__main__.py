@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
         results["throughput"] = throughput.run(trial, args.throughput_steps, args.throughput_rounds)
         _say(f"ratio {results['throughput']['ratio_vs_hf_trainer']:.2f}")
+        from bench import precision
+
+        results["precision"] = precision.run(trial)
+        _say(f"LoRA bf16 base / fp32 base: {results['precision'].get('lora_bf16_base_over_fp32_base', 'skipped')}")
     if "search" in parts:
         _step(f"3/4 search efficiency: replaying {args.seeds} seeds per search on {record.TABLE}")
         from search_spaces.loader import load_space
