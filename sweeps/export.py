@@ -58,11 +58,11 @@ def add(sub: Any) -> None:
     p = sub.add_parser("export", help="ship a sweep's run: adapter, merged or full model, model card, verified")
     p.add_argument("name", help="the sweep's name")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--run", help="the MLflow run id (or the trial id) to export; default: the recommended run")
+    which.add_argument("--run", metavar="RUN_ID", help="the MLflow run id (or the trial id) to export; default: the recommended run")
     which.add_argument("--recommended", action="store_true", help="the leaderboard's recommended run (default)")
     p.add_argument("--merge", action="store_true",
                    help="LoRA/QLoRA: merge the adapter into the 16-bit base model and save one model folder")
-    p.add_argument("--out", required=True, type=Path, help="the folder to write (empty or new)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="the folder to write (empty or new)")
     p.add_argument("--force", action="store_true", help="replace what --out holds")
     p.add_argument("--storage", default="runs/sweeps", help="where sweeps live (default runs/sweeps)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep config's, else "
@@ -102,9 +102,9 @@ def prepare(name: str, run: str | None, merge: bool, out: Path, force: bool = Fa
         known = sorted(p.name for p in root.parent.glob("*") if (p / STATE_FILE).is_file())
         raise ExportError(f"sweep {name!r}: no such sweep in {root.parent}; known sweeps: "
                           f"{', '.join(known) or 'none'} (give --storage if it lives elsewhere)")  # fmt: skip
-    state = json.loads((root / STATE_FILE).read_text())
-    uri = mlflow_conn.tracking_uri(tracking_uri or state["config"].get("tracking_uri"))
-    board = _board(name, root, uri, int(state["config"].get("min_adapter_configs") or 0))
+    sweep_cfg = _sweep_config(root)
+    uri = mlflow_conn.tracking_uri(tracking_uri or sweep_cfg.tracking_uri)
+    board = _board(name, root, uri, sweep_cfg.min_adapter_configs)
     row, recommended, reason = _choose(board, run, name, root, uri)
     work = root / f"trial_{row.get('trial_id')}" / "work"
     metrics = _model_metrics(row, work, board, name)
@@ -112,7 +112,7 @@ def prepare(name: str, run: str | None, merge: bool, out: Path, force: bool = Fa
     if merge and method == "full":
         raise ExportError(f"--merge: run {row['run_id']} is full fine-tuning, already a whole model with "
                           "nothing to merge: drop --merge")  # fmt: skip
-    cfg = _trial_config(state, metrics)
+    cfg = _trial_config(sweep_cfg, metrics)
     _check_lock(cfg, metrics, row)
     base = _check_base(metrics, row)
     _check_out(out, force, root)
@@ -156,8 +156,8 @@ def _choose(board: dict[str, Any], run: str | None, name: str, root: Path,
     row = found[0]
     if row["run_id"] == picked.get("run_id"):
         return row, True, chosen
-    return row, False, (f"chosen by hand (--run); the leaderboard recommends {picked.get('run_id')}"
-                        if picked else "chosen by hand (--run)")  # fmt: skip
+    return row, False, (f"chosen by hand (--run); the leaderboard, selected on validation, recommends run "
+                        f"{picked.get('run_id')} ({decision.get('reason')})" if picked else "chosen by hand (--run)")  # fmt: skip
 
 
 def _not_on_board(run: str, name: str, root: Path, uri: str, rows: list[dict[str, Any]],
@@ -216,15 +216,20 @@ def _model_metrics(row: dict[str, Any], work: Path, board: dict[str, Any], name:
     return metrics
 
 
-def _trial_config(state: dict[str, Any], metrics: dict[str, Any]) -> TrialConfig:
-    """The trial's settings as the sweep gave them (paths made absolute as its trials saw them)."""
+def _sweep_config(root: Path) -> Any:
+    """The sweep's config as its driver saved it (sweepboard.json)."""
     from sweeps import config as sweep_config
+
+    state = json.loads((root / STATE_FILE).read_text())
+    return sweep_config.build({k: v for k, v in state["config"].items() if k != "source"}, str(root / STATE_FILE))
+
+
+def _trial_config(sweep_cfg: Any, metrics: dict[str, Any]) -> TrialConfig:
+    """The trial's settings as the sweep gave them (paths made absolute as its trials saw them)."""
     from sweeps.tune_run import trial_base
     from trainers.config import from_dict
 
-    raw = {k: v for k, v in state["config"].items() if k != "source"}
-    base = trial_base(sweep_config.build(raw, STATE_FILE))
-    return from_dict({**base, "method": metrics["method"]})
+    return from_dict({**trial_base(sweep_cfg), "method": metrics["method"]})
 
 
 def _check_lock(cfg: TrialConfig, metrics: dict[str, Any], row: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ def render(plan: Plan, check: Check) -> str:
     lines = [
         f"# {plan.name}: {METHODS.get(m['method'], m['method'])} of {m.get('model')}",
         "",
-        f"{KINDS[plan.kind].capitalize()}, exported by `sweepboard export` on {dt.date.today().isoformat()} from "
+        f"{KINDS[plan.kind][0].upper() + KINDS[plan.kind][1:]}, exported by `sweepboard export` on {dt.date.today().isoformat()} from "
         f"run `{plan.run_id}` (trial `{row.get('trial_id')}`) of sweep `{plan.name}`.",
         "",
         "## Model",

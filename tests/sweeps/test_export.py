@@ -15,11 +15,12 @@ from typing import Any
 
 import mlflow
 import pytest
+import yaml
 from safetensors.torch import load_file, save_file
-from test_sweep_e2e import REPO, smoke_config, sweepboard
+from test_sweep_e2e import REPO, SMOKE, smoke_config, sweepboard
 
 from sweeps import cli, export_check
-from sweeps.export import prepare
+from sweeps.export import export_hint, prepare
 from tracking import names
 from trainers.config import from_dict
 from trainers.model import resolve
@@ -30,22 +31,45 @@ pytestmark = pytest.mark.slow  # a whole sweep
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("export")
-    base = tmp / "base-model"
-    shutil.copytree(resolve(from_dict({"model": "builtin:tiny", "cache_dir": str(REPO / ".cache" / "models")})),
-                    base)  # fmt: skip
-    # No pruning and no adapter quota: the space's first points, LoRA, QLoRA and full, all finish.
-    cfg = smoke_config(tmp, "ship", max_trials=3, grace_period=10, min_adapter_configs=0,
-                       trial={"model": str(base)})  # fmt: skip
+    base = noisy_tiny_model(tmp / "base-model")
+    # No pruning and no adapter quota: the space's first points, LoRA, QLoRA and full, all finish. No stop
+    # strings: the tiny model's answers run on for max_new_tokens, so a changed weight shows in them.
+    data = {**yaml.safe_load(SMOKE.read_text())["trial"]["data"], "stop": []}
+    cfg = smoke_config(tmp, "ship", max_trials=3, grace_period=5, min_adapter_configs=0,
+                       trial={"model": str(base), "data": data})  # fmt: skip
     done = sweepboard(tmp, "sweep", "--budget", "5", "--config", str(cfg))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     board = json.loads((tmp / "runs" / "sweeps" / "ship" / "leaderboard" / "leaderboard.json").read_text())
     runs = {r["method"]: r for r in board["rows"] if r["status"] == "finished"}
     assert set(runs) == {"none", "lora", "qlora", "full"}, [(r["method"], r["status"]) for r in board["rows"]]
+    for run in runs.values():  # answers that tell models apart, or "identical" would prove nothing
+        work = tmp / "runs" / "sweeps" / "ship" / ("baseline" if run["method"] == "none" else
+                                                   f"trial_{run['trial_id']}/work")  # fmt: skip
+        answers = [json.loads(line)["predicted"] for line in (work / "test_predictions.jsonl").open()]
+        assert len(set(answers)) > 10, answers[:5]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SWEEPBOARD_CACHE", str(REPO / ".cache"))  # where the sweep's lock is
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
         mp.chdir(tmp)
         yield {"tmp": tmp, "base": base, "board": board, "runs": runs, "stdout": done.stdout}
+
+
+def noisy_tiny_model(out: Path) -> Path:
+    """The tiny model with wide random weights: its own init answers every prompt with spaces (stripped to
+    ""), which any model would reproduce; these weights answer each prompt with its own run of words."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tiny = resolve(from_dict({"model": "builtin:tiny", "cache_dir": str(REPO / ".cache" / "models")}))
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.dim() == 2:
+                weight.normal_(0, 0.3 if "embed" in name else 0.15)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(out)
+    return out
 
 
 def export(*args: str) -> tuple[int, str]:
@@ -62,6 +86,9 @@ def test_the_sweep_ends_with_the_export_command(sweep: dict[str, Any]) -> None:
         assert "nothing to export: the recommended run is the base model" in text
     else:
         assert "make export NAME=ship OUT=exports/ship" in text and "sweepboard export ship" in text
+    hint = export_hint("s", {"method": "qlora", "run_id": "r"}, "why", "elsewhere")
+    assert hint == ("ship it: make export NAME=s OUT=exports/s [MERGE=1]  (sweepboard export s --storage elsewhere "
+                    "[--merge] --out exports/s)")  # fmt: skip
 
 
 def test_lora_adapter_reproduces_its_predictions_and_a_tampered_one_does_not(sweep: dict[str, Any]) -> None:
