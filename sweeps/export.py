@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.runtime import STATE_FILE
+from sweeps.runtime import STATE_FILE, known_sweeps
 from trainers.config import TrialConfig
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -99,7 +99,7 @@ def prepare(name: str, run: str | None, merge: bool, out: Path, force: bool = Fa
 
     root = Path(storage).resolve() / name
     if not (root / STATE_FILE).is_file():
-        known = sorted(p.name for p in root.parent.glob("*") if (p / STATE_FILE).is_file())
+        known = known_sweeps(root.parent)
         raise ExportError(f"sweep {name!r}: no such sweep in {root.parent}; known sweeps: "
                           f"{', '.join(known) or 'none'} (give --storage if it lives elsewhere)")  # fmt: skip
     sweep_cfg = _sweep_config(root)
