@@ -114,7 +114,7 @@ def prepare(name: str, run: str | None, merge: bool, out: Path, force: bool = Fa
                           "nothing to merge: drop --merge")  # fmt: skip
     cfg = _trial_config(sweep_cfg, metrics)
     _check_lock(cfg, metrics, row)
-    base = _check_base(metrics, row)
+    base = _check_base(metrics, row, cfg.cache_dir)
     _check_out(out, force, root)
     kind = "model" if method == "full" else ("merged" if merge else "adapter")
     return Plan(name, root, row, work, metrics, cfg, kind, base, out.resolve(), recommended, reason, uri, force)
@@ -248,7 +248,7 @@ def _check_lock(cfg: TrialConfig, metrics: dict[str, Any], row: dict[str, Any]) 
                           "from the folder the sweep ran in, with the same SWEEPBOARD_CACHE")  # fmt: skip
 
 
-def _check_base(metrics: dict[str, Any], row: dict[str, Any]) -> str:
+def _check_base(metrics: dict[str, Any], row: dict[str, Any], cache_dir: str | None) -> str:
     """The base model the run was trained on, refused if its folder moved or its config or weights changed."""
     from trainers import model_id
 
@@ -264,7 +264,7 @@ def _check_base(metrics: dict[str, Any], row: dict[str, Any]) -> str:
         raise ExportError(f"base model folder {path} (what run {row['run_id']} was trained on) is gone: it moved "
                           "or was deleted; put it back at that path (or rebuild it: the embedded default and "
                           "builtin:tiny are rebuilt by `sweepboard train`) and export again")  # fmt: skip
-    now = model_id.folder_sha256(Path(path))
+    now = model_id.folder_sha256(Path(path), cache_dir)  # the trial's cache: its hash is there already
     if now != sha:
         raise ExportError(f"base model folder {path} changed since run {row['run_id']} was trained on it (sha256 "
                           f"of config and weights {now[:12]}..., the run's {str(sha)[:12]}...): restore the "

@@ -36,7 +36,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     # strings: the tiny model's answers run on for max_new_tokens, so a changed weight shows in them.
     data = {**yaml.safe_load(SMOKE.read_text())["trial"]["data"], "stop": []}
     cfg = smoke_config(tmp, "ship", max_trials=3, grace_period=5, min_adapter_configs=0,
-                       trial={"model": str(base), "data": data})  # fmt: skip
+                       trial={"model": str(base), "data": data, "cache_dir": str(tmp / "cache")})  # fmt: skip
     done = sweepboard(tmp, "sweep", "--budget", "5", "--config", str(cfg))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     board = json.loads((tmp / "runs" / "sweeps" / "ship" / "leaderboard" / "leaderboard.json").read_text())
