@@ -328,19 +328,22 @@ def _tokenizer(path: str) -> Any:
 
 
 def _register(plan: Plan) -> None:
-    """REGISTRY: the one call into the MLflow Model Registry (tracking/registry.py, written separately)."""
-    try:
-        from tracking.registry import register_export  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        print("MLflow registry: tracking/registry.py is not here yet; registration skipped", flush=True)
-        return
+    """The export, logged to its run as an MLflow model and registered under the sweep's name with the alias
+    `champion` (tracking/registry.py): `models:/NAME@champion` loads it."""
     from mlflow import MlflowClient
 
-    tags = {"test_set_sha256": plan.metrics["test_set_sha256"], "test_quality": plan.metrics["test_quality"],
-            "cost_usd": plan.metrics["cost_usd"]}  # fmt: skip
-    version = register_export(MlflowClient(plan.tracking_uri), plan.run_id, str(plan.out), plan.kind, plan.base,
-                              plan.name, tags, champion=True)  # fmt: skip
-    print(f"MLflow registry: {plan.name} version {version}", flush=True)
+    from tracking import names
+    from tracking.registry import register_export
+
+    tags = {names.TAG_TEST_SHA: str(plan.metrics["test_set_sha256"]),
+            names.TAG_TEST_QUALITY: str(plan.metrics["test_quality"]),
+            names.TAG_COST: str(plan.metrics["cost_usd"])}  # fmt: skip
+    print("MLflow registry: logging the model to its run and registering it…", flush=True)
+    kind = "adapter" if plan.kind == "adapter" else "model"  # a merged adapter is a whole model
+    version = register_export(MlflowClient(plan.tracking_uri), plan.run_id, plan.out, kind, plan.base, plan.name,
+                              tags, champion=True)  # fmt: skip
+    print(f"MLflow registry: {plan.name} version {version}, alias {names.ALIAS_CHAMPION} "
+          f"(load it with models:/{plan.name}@{names.ALIAS_CHAMPION})", flush=True)
 
 
 def export_hint(sweep: str, recommended: dict[str, Any] | None, reason: str,

@@ -72,6 +72,19 @@ def noisy_tiny_model(out: Path) -> Path:
     return out
 
 
+def assert_champion(run: dict[str, Any], kind: str, text: str) -> None:
+    """The export is the registered model `ship`'s champion: a version logged from this run, tagged with the
+    board's test set, the run's test quality and cost."""
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("ship", names.ALIAS_CHAMPION)
+    assert f"MLflow registry: ship version {version.version}, alias champion" in text
+    assert version.run_id == run["run_id"]
+    assert version.tags[names.TAG_EXPORT_KIND] == kind
+    assert version.tags[names.TAG_TEST_SHA] == run["test_set_sha256"]
+    assert float(version.tags[names.TAG_TEST_QUALITY]) == pytest.approx(run["test_quality"])
+    assert float(version.tags[names.TAG_COST]) == pytest.approx(run["cost_usd"])
+
+
 def export(*args: str) -> tuple[int, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -96,7 +109,8 @@ def test_lora_adapter_reproduces_its_predictions_and_a_tampered_one_does_not(swe
     out = sweep["tmp"] / "lora-adapter"
     code, text = export("ship", "--run", run["run_id"], "--out", str(out))
     assert code == 0, text
-    assert "40 of 40 answers as the run's (100.0%)" in text and "registration skipped" in text
+    assert "40 of 40 answers as the run's (100.0%)" in text
+    assert_champion(run, "adapter", text)
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(sweep["base"].resolve())  # absolute, reachable
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
@@ -138,6 +152,7 @@ def test_full_model_reproduces_its_predictions(sweep: dict[str, Any]) -> None:
     assert code == 0, text
     assert "40 of 40 answers as the run's (100.0%)" in text
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    assert_champion(run, "model", text)  # exporting another run moved the alias
     assert "AutoModelForCausalLM.from_pretrained" in (out / "README.md").read_text()
     code, text = export("ship", "--run", run["run_id"], "--merge", "--out", str(sweep["tmp"] / "x"))
     assert code == 2 and "drop --merge" in text
