@@ -13,7 +13,7 @@ FORMAT  ?= table
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup sweep resume leaderboard ui test test-fast bench bench-record lint clean
+.PHONY: setup sweep resume leaderboard export ui test test-fast bench bench-record lint clean
 
 setup: $(VENV_OK)
 
@@ -43,6 +43,15 @@ sync: $(VENV_OK)
 
 leaderboard: $(VENV_OK)
 	.venv/bin/sweepboard leaderboard "$(NAME)" --format "$(FORMAT)"
+
+# Ships a sweep's run (default: the recommended one) into OUT: adapter, merged (MERGE=1) or full model, with a
+# model card, verified against the run's locked-test predictions.
+RUN   ?=
+MERGE ?=
+OUT   ?=
+export: $(VENV_OK)
+	@test -n "$(OUT)" || { echo "error: OUT is required, the folder to write, e.g. make export NAME=$(NAME) OUT=exports/$(NAME)"; exit 2; }
+	.venv/bin/sweepboard export "$(NAME)" --out "$(OUT)" $(if $(RUN),--run "$(RUN)") $(if $(MERGE),--merge)
 
 ui: $(VENV_OK)
 	$(MLFLOW) ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host "$(HOST)" --port "$(PORT)"

@@ -78,6 +78,11 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
                       f"error.txt and trial.log of {where}[/]")  # fmt: skip
     if paths:
         console.print(f"leaderboard: {out_dir}/leaderboard.{{csv,json,md,html}}")
+        from sweeps.export import export_hint
+
+        hint = export_hint(cfg.name, board.decision.recommended, board.decision.reason, cfg.storage)
+        if hint:
+            console.print(hint, markup=False, soft_wrap=True)  # [MERGE=1] is text, not a style
     if status == "interrupted":
         console.print(f"continue it with `make resume NAME={cfg.name}` (sweepboard resume {cfg.name})")
     experiment = mlflow_store.ensure_experiment(client, cfg.name)

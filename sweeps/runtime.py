@@ -16,6 +16,11 @@ from typing import Any
 STATE_FILE = "sweepboard.json"  # what `resume` needs to rebuild the sweep: config, budget, price, sweep id
 
 
+def known_sweeps(storage: Path) -> list[str]:
+    """The names of the sweeps in a storage folder (those with a state file), for "no such sweep" errors."""
+    return sorted(p.name for p in storage.glob("*") if (p / STATE_FILE).is_file())
+
+
 def new_sweep_id() -> str:
     """The id of a new sweep: what tells it from an earlier sweep of the same name in MLflow."""
     return uuid.uuid4().hex

@@ -14,7 +14,7 @@ from typing import Any
 from sweeps import config as sweep_config
 from sweeps import driver_lock
 from sweeps.ledger import BudgetError, usd, validate_budget  # no Ray before the checks pass
-from sweeps.runtime import STATE_FILE, new_sweep_id
+from sweeps.runtime import STATE_FILE, known_sweeps, new_sweep_id
 from trainers.config import ConfigError
 
 
@@ -62,7 +62,7 @@ def resume(name: str, storage: str = "runs/sweeps") -> int:
     root = Path(storage).resolve() / name
     state_file = root / STATE_FILE
     if not state_file.is_file():
-        known = sorted(p.name for p in root.parent.glob("*") if (p / STATE_FILE).is_file())
+        known = known_sweeps(root.parent)
         raise ConfigError(
             [
                 f"sweep {name!r}: nothing to resume in {root}; known sweeps: {', '.join(known) or 'none'}; "

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from sweeps import driver_lock
 from sweeps import reconcile as rec
 from sweeps.ledger import sweep_spent
-from sweeps.runtime import STATE_FILE, sweep_id
+from sweeps.runtime import STATE_FILE, known_sweeps, sweep_id
 from tracking import mlflow_conn as conn
 from tracking import mlflow_store as store
 from tracking.names import ARTIFACT_METRICS, TAG_GIT_COMMIT, TAG_STATUS
@@ -37,7 +37,7 @@ def sync(name: str, storage: str = "runs/sweeps", tracking_uri: str | None = Non
     root = Path(storage).resolve() / name
     state_file = root / STATE_FILE
     if not state_file.is_file():
-        known = sorted(p.name for p in root.parent.glob("*") if (p / STATE_FILE).is_file())
+        known = known_sweeps(root.parent)
         raise ConfigError([f"sweep {name!r}: nothing to sync in {root}; known sweeps: "
                            f"{', '.join(known) or 'none'} (give --storage if the sweep lives elsewhere)"])
     running = driver_lock.holder(root)

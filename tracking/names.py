@@ -60,3 +60,12 @@ ARTIFACT_METRICS = "metrics.json"
 # One JSON object per test example: expected, predicted, score.
 ARTIFACT_PREDICTIONS = "test_predictions.jsonl"
 ARTIFACT_ADAPTER_DIR = "adapter"
+
+# The Model Registry (tracking/registry.py): one registered model per sweep by default, one version per export,
+# the alias on the version that `models:/NAME@champion` loads. Tags of a version, beside the test-set hash
+# (TAG_TEST_SHA): what was exported, from which base, and how the run scored and what it cost.
+ALIAS_CHAMPION = "champion"
+TAG_EXPORT_KIND = "sweepboard.export_kind"  # "model" (full or merged) | "adapter" (PEFT)
+TAG_BASE_MODEL = "sweepboard.base_model"  # an adapter's base model: a local folder or a hub id
+TAG_TEST_QUALITY = "sweepboard.test_quality"
+TAG_COST = "sweepboard.cost_usd"

@@ -101,9 +101,7 @@ def load(
     # head then gets a non-contiguous slice of the hidden states, which torch computes as a batched matmul
     # against an expanded weight: measured here, 84 ms a call against a few for the same rows contiguous,
     # 15% of a default-model LoRA step. Handing the head a contiguous copy (a few hundred KB) avoids it.
-    head = model.get_output_embeddings()
-    if head is not None:
-        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+    contiguous_head(model)
     if checkpointing and cfg.method != "none":
         # Non-reentrant checkpointing gives gradients to the adapters inside a frozen, checkpointed layer
         # without the inputs requiring grad (PyTorch's recommended variant; the reentrant one needs that hack).
@@ -119,6 +117,14 @@ def load(
     elif cfg.method == "none":
         model.requires_grad_(False)
     return tok, model
+
+
+def contiguous_head(model: Any) -> None:
+    """The output head gets a contiguous copy of its input (see `load`); `sweepboard export` does the same
+    when it regenerates a run's predictions, so they come out bit for bit as the trial's did."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
 
 
 def _from_pretrained(path: str, cfg: TrialConfig, kwargs: dict[str, Any]) -> Any:

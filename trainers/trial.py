@@ -22,7 +22,7 @@ import torch
 from tracking.cost import device_hours
 from tracking.prices import PriceQuote, detect_device, price_per_hour
 from trainers import data as data_mod
-from trainers import distributed, evaluate, render
+from trainers import distributed, evaluate, model_id, render
 from trainers import model as model_mod
 from trainers.config import ConfigError, TrialConfig, batch_problem, from_dict, planned_steps
 from trainers.memory import checkpointing_on, weight_dtype
@@ -132,6 +132,8 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
     metrics = {
         "method": cfg.method,
         "model": cfg.model,
+        # What an exported adapter needs and `sweepboard export` checks: the base's folder and content hash.
+        **model_id.identity(path, cfg.cache_dir),
         "rank": cfg.rank if cfg.method in ("lora", "qlora") else None,
         "alpha": cfg.alpha if cfg.method in ("lora", "qlora") else None,
         "target_modules": _targets(model) if cfg.method in ("lora", "qlora") else None,

@@ -7,7 +7,6 @@ import http.server
 import json
 import math
 import os
-import shutil
 import socket
 import sqlite3
 import threading
@@ -40,20 +39,6 @@ from tracking.names import (
 
 SHA = "c" * 64
 SWEEP_ID = "a1" * 16
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Creating a store runs MLflow's migrations (seconds); each test gets a copy of one migrated file.
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def client(tmp_path: Path, empty_db: Path) -> MlflowClient:
-    shutil.copy(empty_db, tmp_path / "mlflow.db")
-    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def trial_run(client: MlflowClient, trial_id: str = "abc_00000", **params: object) -> tuple[str, str, str]:
