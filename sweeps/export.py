@@ -25,6 +25,7 @@ from trainers.config import TrialConfig
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_OF = {"lora": "adapter", "qlora": "adapter", "full": "model"}  # the trial's folder under work/
+WHAT = {"adapter": "a PEFT adapter", "merged": "a merged model", "model": "a model"}
 
 
 class ExportError(ValueError):
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     plan = prepare(args.name, args.run, args.merge, args.out, args.force, args.storage, args.tracking_uri)
     print(f"exporting run {plan.run_id} (trial {plan.row.get('trial_id')}, {plan.metrics['method']}) of sweep "
-          f"{plan.name!r} as {'a merged model' if plan.kind == 'merged' else 'an ' + plan.kind} into {plan.out}",
+          f"{plan.name!r} as {WHAT[plan.kind]} into {plan.out}",
           flush=True)  # fmt: skip
     write(plan)
     try:
