@@ -23,8 +23,9 @@ CATALOG_PATH = Path(__file__).resolve().with_name("prices.yaml")
 OVERRIDE_FLAG = "--price-per-hour"
 _Add = Callable[[str, Any, str], None]  # reports one problem: key path, bad value, how to fix
 
+SPEC_KEYS = ("peak_tflops_bf16", "peak_tflops_fp32", "memory_bandwidth_gb_s")  # optional; the planner needs them
 TOP_KEYS = ("as_of", "currency", "sources", "tiers", "cpu", "gpus")
-GPU_KEYS = ("name", "match", "memory_gb", "usd_per_hour", "low", "high", "source", "note")
+GPU_KEYS = ("name", "match", "memory_gb", "usd_per_hour", "low", "high", "source", "note", *SPEC_KEYS, "spec_source")
 CPU_KEYS = ("usd_per_vcpu_hour", "low", "high", "source")
 TIER_KEYS = ("multiplier", "low", "high", "source")
 
@@ -53,6 +54,7 @@ class GpuPrice:
     high: float
     source: str
     note: str = ""
+    specs: dict[str, float] = field(default_factory=dict)  # SPEC_KEYS that the entry gives
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,7 @@ def check_catalog(data: Any, path: str) -> list[str]:
         memory = entry.get("memory_gb")
         if not (isinstance(memory, int | float) and not isinstance(memory, bool) and memory > 0):
             add(f"{where}.memory_gb", memory, "give the memory of one GPU in GB, e.g. 80")
+        _check_specs(entry, where, sources, add)
     return problems
 
 
@@ -315,6 +318,17 @@ def _check_priced(
     return True
 
 
+def _check_specs(entry: Mapping[str, Any], where: str, sources: Mapping[str, Any], add: _Add) -> None:
+    """Datasheet figures are optional, but each one given is a positive number with a named source."""
+    given = [k for k in SPEC_KEYS if k in entry]
+    for key in given:
+        value = entry[key]
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and value > 0):
+            add(f"{where}.{key}", value, "must be a positive number (dense datasheet figure)")
+    if given and entry.get("spec_source") not in sources:
+        add(f"{where}.spec_source", entry.get("spec_source"), f"name where {given} come from: one of {list(sources)}")
+
+
 def _unknown_keys(data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str, add: _Add) -> None:
     for key in data:
         if key not in allowed:
@@ -332,6 +346,7 @@ def _gpu(key: str, entry: Mapping[str, Any]) -> GpuPrice:
         high=float(entry["high"]),
         source=str(entry["source"]),
         note=str(entry.get("note", "")),
+        specs={k: float(entry[k]) for k in SPEC_KEYS if k in entry},
     )
 
 
