@@ -1,4 +1,4 @@
-"""`sweepboard`: the console script. Subcommands: train, lock, sweep, resume, sync, leaderboard, export.
+"""`sweepboard`: the console script. Subcommands: train, lock, sweep, resume, sync, leaderboard, export, plan.
 
 Heavy imports (torch, ray, mlflow) happen inside the subcommand that needs them, so `--help` and input
 errors answer at once.
@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_lock(sub)
     _add_sweep(sub)
     _add_sync(sub)
-    from sweeps import export
+    from sweeps import export, plan_cli
+
+    plan_cli.add(sub)
 
     export.add(sub)
     from leaderboard import add_cli

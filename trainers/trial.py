@@ -275,7 +275,7 @@ def _device(choice: str) -> str:
 def _autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     if precision == "fp32":
         return None
-    native = torch.cuda.is_bf16_supported() if device == "cuda" else _cpu_has_native_bf16()
+    native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_native_bf16()
     if precision == "bf16" or native:
         # Without native bf16 (no AVX512-BF16/AMX) the CPU emulates it: measured here ~20x slower than fp32.
         return torch.bfloat16
@@ -293,7 +293,7 @@ def _weight_dtype(method: str, autocast: torch.dtype | None) -> torch.dtype:
     return torch.bfloat16 if method in ("lora", "qlora") and autocast == torch.bfloat16 else torch.float32
 
 
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
