@@ -13,7 +13,7 @@ FORMAT  ?= table
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup sweep resume leaderboard export ui test test-fast bench bench-record lint clean
+.PHONY: setup sweep resume leaderboard export plan ui test test-fast bench bench-record lint clean
 
 setup: $(VENV_OK)
 
@@ -52,6 +52,25 @@ OUT   ?=
 export: $(VENV_OK)
 	@test -n "$(OUT)" || { echo "error: OUT is required, the folder to write, e.g. make export NAME=$(NAME) OUT=exports/$(NAME)"; exit 2; }
 	.venv/bin/sweepboard export "$(NAME)" --out "$(OUT)" $(if $(RUN),--run "$(RUN)") $(if $(MERGE),--merge)
+
+# What a sweep would cost before it runs: memory, hours and dollars per method, e.g.
+#   make plan PARAMS=7B EXAMPLES=5000 SEQ_LEN=512 EPOCHS=3 GPU=a100-80gb BUDGET=300   or   make plan CONFIG=default
+MODEL    ?=
+PARAMS   ?=
+DATA     ?=
+EXAMPLES ?=
+SEQ_LEN  ?=
+EPOCHS   ?=
+STEPS    ?=
+BATCH    ?=
+GPU      ?=
+GPUS     ?=
+plan: $(VENV_OK)
+	.venv/bin/sweepboard plan $(if $(CONFIG),--config "$(CONFIG)") $(if $(MODEL),--model "$(MODEL)") \
+	  $(if $(PARAMS),--params "$(PARAMS)") $(if $(DATA),--data "$(DATA)") $(if $(EXAMPLES),--examples "$(EXAMPLES)") \
+	  $(if $(SEQ_LEN),--seq-len "$(SEQ_LEN)") $(if $(EPOCHS),--epochs "$(EPOCHS)") $(if $(STEPS),--steps "$(STEPS)") \
+	  $(if $(BATCH),--batch-size "$(BATCH)") $(if $(GPU),--gpu "$(GPU)") $(if $(GPUS),--gpus "$(GPUS)") \
+	  $(if $(BUDGET),--budget "$(BUDGET)") --format "$(FORMAT)"
 
 ui: $(VENV_OK)
 	$(MLFLOW) ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host "$(HOST)" --port "$(PORT)"
