@@ -25,7 +25,7 @@ METHODS = ("none", "lora", "qlora", "full")
 #   attention, FSDP, packed 2,048-token sequences); plain transformers fine-tuning is nearer the LoRA stack,
 #   so full gets the same 0.21 here and 0.64 stays the ceiling (FULL_MFU_CEILING, shown in the README).
 # qlora: the lora figure x the QLoRA/LoRA training-rate ratio measured on this project's CPU trials
-#   (CPU_TRAIN_FLOPS_PER_THREAD: 38.5 / 47.3 = 0.81, the NF4 dequantization each matmul pays): 0.21 x 0.81
+#   (CPU_TRAIN_FLOPS_PER_THREAD: 38.9 / 47.9 = 0.81, the NF4 dequantization each matmul pays): 0.21 x 0.81
 #   = 0.17; no GPU figure for QLoRA is cited.
 # torchtune's Llama 3.1 8B LoRA at about 4,700 tokens/s on an A6000 would be 4,700 x 4 x 8.0e9 = 1.5e14
 #   FLOP/s, 97% of the A6000's 154.8 dense TFLOPS: more than any dense training reaches, so that figure
@@ -35,13 +35,19 @@ FULL_MFU_CEILING = 0.64
 # On CPU: FLOP/s per thread, from bench/record/trials.jsonl (24 SmolLM2-135M trials, 1 thread, fp32, the
 # quiet ones only: CPU seconds >= 0.85 x wall seconds); recomputed from the table by cpu_calibration() and
 # checked against it by tests/tracking/test_planner.py.
-CPU_TRAIN_FLOPS_PER_THREAD = {"lora": 47.3e9, "qlora": 38.5e9, "full": 51.0e9}
-CPU_EVAL_FLOPS_PER_THREAD = 51.0e9
+CPU_TRAIN_FLOPS_PER_THREAD = {"lora": 47.9e9, "qlora": 38.9e9, "full": 51.4e9}
+CPU_EVAL_FLOPS_PER_THREAD = 51.6e9
 # Resident before any weight: python, torch, transformers, peft, bitsandbytes and the CLI's own imports. A
 # `sweepboard train` of the tiny model (6 MB of weights) peaks at 0.86 GB here; a bare run_trial at 0.68.
 CPU_RUNTIME_BYTES = 0.85e9
 GPU_RUNTIME_BYTES = 1.0e9  # estimate: CUDA context and allocator slack, which the allocator's peak leaves out
-STARTUP_SECONDS = 5.0  # imports, data, tokenizer (a tiny-model trial loads in 3.6 s here)
+# Per call on CPU, whatever the model's size: Python, autograd and the optimizer around each step (and each
+# teacher-forced validation batch), and each generation call. A tiny-model trial, whose FLOPs are nothing,
+# measured here on a quiet moment: 6 steps in 0.28 s, 2 validation batches in 0.15 s, 2 x 13 generation calls
+# in 0.16 s (the same trial took 3-10x that while a test suite shared the 2 cores).
+CPU_STEP_SECONDS = 0.05
+CPU_DECODE_SECONDS = 0.006
+STARTUP_SECONDS = 3.0  # data, tokenizer, model build: a tiny-model trial's load_seconds, 3.2-3.6 s here
 LOAD_BYTES_PER_SECOND = 1e9  # reading and placing the weights
 MEASURED_ROWS = 500  # rows tokenized to measure the data's example length; more changes the mean little
 
@@ -184,8 +190,9 @@ def _seconds(shape: pm.Shape, method: str, work: Workload, dev: Device, gpus: in
         decode_steps = math.ceil(work.n_test / (cfg.eval_batch_size * gpus)) * cfg.max_new_tokens
         evaluate = max(evaluate, decode_steps * memory["weights"] / dev.bandwidth)
     else:
-        train = flops["train"] / (CPU_TRAIN_FLOPS_PER_THREAD[method] * cpus) if flops["train"] else 0.0
-        evaluate = flops["evaluate"] / (CPU_EVAL_FLOPS_PER_THREAD * cpus)
+        train = flops["train"] / (CPU_TRAIN_FLOPS_PER_THREAD.get(method, 1.0) * cpus)
+        train += cpu_overhead(flops)["train"]
+        evaluate = flops["evaluate"] / (CPU_EVAL_FLOPS_PER_THREAD * cpus) + cpu_overhead(flops)["evaluate"]
     startup = STARTUP_SECONDS + memory["weights"] / LOAD_BYTES_PER_SECOND
     return {"train": train, "evaluate": evaluate, "total": startup + train + evaluate,
             "train_tokens": flops["train_tokens"], "eval_tokens": flops["eval_tokens"]}  # fmt: skip
@@ -203,15 +210,24 @@ def trial_flops(shape: pm.Shape, method: str, work: Workload, checkpointing: boo
     # Validation runs every eval_every steps and after the last; the baseline validates once.
     rounds = (steps // cfg.eval_every + (1 if steps % cfg.eval_every else 0)) if steps else 1
     eval_tokens = rounds * work.n_val * context + work.n_test * (work.prompt_tokens + cfg.max_new_tokens)
+    batches = rounds * math.ceil(work.n_val / cfg.eval_batch_size)
+    decodes = math.ceil(work.n_test / cfg.eval_batch_size) * (1 + cfg.max_new_tokens)
     return {"train": train_tokens * pm.train_flops_per_token(shape, method, context, checkpointing),
             "evaluate": eval_tokens * pm.forward_flops_per_token(shape, context),
-            "train_tokens": train_tokens, "eval_tokens": eval_tokens}  # fmt: skip
+            "train_tokens": train_tokens, "eval_tokens": eval_tokens,
+            "steps": steps * cfg.grad_accum, "val_batches": batches, "decodes": decodes}  # fmt: skip
+
+
+def cpu_overhead(flops: dict[str, float]) -> dict[str, float]:
+    return {"train": flops["steps"] * CPU_STEP_SECONDS,
+            "evaluate": flops["val_batches"] * CPU_STEP_SECONDS + flops["decodes"] * CPU_DECODE_SECONDS}  # fmt: skip
 
 
 def cpu_calibration(rows: list[dict[str, Any]], shape: pm.Shape, tokens_per_example: float,
                     prompt_tokens: float) -> tuple[dict[str, float], float]:  # fmt: skip
     """FLOP/s per thread on CPU from recorded trials (bench/record.py rows): training per method from the
-    step seconds, evaluation from the validation and test seconds; the median over the quiet trials."""
+    step seconds, evaluation from the validation and test seconds, each less its per-call overhead
+    (cpu_overhead); the median over the quiet trials."""
     from statistics import median
 
     from trainers.config import from_dict
@@ -230,6 +246,9 @@ def cpu_calibration(rows: list[dict[str, Any]], shape: pm.Shape, tokens_per_exam
         per_token = flops["train"] / flops["train_tokens"]
         threads = float(row.get("threads", 1))
         tokens = float(row["curve"][-1]["tokens_trained"])
-        train.setdefault(cfg.method, []).append(tokens * per_token / final["step_seconds"] / threads)
-        evaluate.append(flops["evaluate"] / (final["validate_seconds"] + final["test_seconds"]) / threads)
+        overhead = cpu_overhead(flops)
+        step_seconds = final["step_seconds"] - overhead["train"]
+        train.setdefault(cfg.method, []).append(tokens * per_token / step_seconds / threads)
+        eval_seconds = final["validate_seconds"] + final["test_seconds"] - overhead["evaluate"]
+        evaluate.append(flops["evaluate"] / eval_seconds / threads)
     return {m: float(median(v)) for m, v in train.items()}, float(median(evaluate))

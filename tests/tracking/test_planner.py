@@ -90,15 +90,16 @@ def test_memory_against_the_recorded_default_model_trials() -> None:
 
 def test_tiny_plan_against_a_real_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """One real LoRA trial on the 2-layer tiny Llama, and the plan of the same trial. Band: wall time and cost
-    within a factor of 2, peak memory within 25%. The tiny model's FLOPs are nothing; its seconds are the
-    startup (STARTUP_SECONDS) and per-step overhead, so its tokens/s (thousands planned, hundreds measured)
-    is not a check of the FLOP model: test_cpu_calibration_is_what_the_recorded_trials_measure is."""
-    threads = torch.get_num_threads()
-    trial = {"model": "builtin:tiny", "cache_dir": str(MODEL_CACHE), "steps": 6, "eval_every": 3, "batch_size": 4,
+    within a factor of 2, peak memory within 25% (planned 4.3 s, $5.3e-5, 0.857 GB; measured 4.15-4.17 s,
+    $5.2e-5, 0.864-0.866 GB on a busy 2-core machine). The tiny model's FLOPs are nothing: its seconds
+    are the startup and the per-call overhead, so it checks those; the FLOP rates are checked against the
+    recorded default-model trials (test_cpu_calibration_is_what_the_recorded_trials_measure)."""
+    # One thread, as bench/record.py records: two threads on a shared 2-core machine wait on each other.
+    trial = {"model": "builtin:tiny", "cache_dir": str(MODEL_CACHE), "threads": 1, "steps": 6, "eval_every": 3, "batch_size": 4,
              "max_new_tokens": 12, "data": {"n_examples": 300, "test_size": 40, "val_size": 20,
                                             "lock_dir": str(tmp_path / "lock")}}  # fmt: skip
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({"name": "tiny", "resources": {"default": {"cpus": threads}}, "trial": trial}))
+    config.write_text(yaml.safe_dump({"name": "tiny", "resources": {"default": {"cpus": 1}}, "trial": trial}))
     lora = _plan(capsys, "--config", str(config))["methods"]["lora"]
     # Its own process, as `sweepboard train` runs it: the peak memory is the trial's, not this test run's.
     (tmp_path / "trial.yaml").write_text(yaml.safe_dump({**trial, "method": "lora", "learning_rate": 1e-3}))
