@@ -141,7 +141,7 @@ def _table(result: dict[str, Any]) -> None:
     title = (f"{i['model']}: {i['params'] / 1e9:.3g}B parameters on {i['device']} ({i['device_memory_gb']} GB); "
              f"{i['n_train']} training rows of {i['tokens_per_example']} tokens")  # fmt: skip
     table = Table(title=title)
-    for column in ("method", "memory", "GB/device", "GB: weights/grads/optimizer/activations", "GPUs",
+    for column in ("method", "memory", "GB/device", "parts GB (w/g/opt/act)", "GPUs",
                    "tokens/s", "hours", "$/trial", "trials"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for name, m in result["methods"].items():

@@ -181,6 +181,15 @@ CASES = [
     Case("train-data-missing", train(lambda t: {}, "--data", "nope.jsonl"), ("no such file",), may_create=OUT),
     Case("train-lock-changed", train(lambda t: {"data": {**SMOKE_DATA, "lock_dir": str(tampered_lock(t))}}),
          ("the locked test set changed", "Restore the original file"), may_create=OUT),
+    # The plan, before a sweep.
+    Case("plan-gpu-unknown", lambda t: ["plan", "--params", "7B", "--gpu", "b200"],
+         ("gpu: 'b200': not in the price catalog", "a100-80gb", "t4")),
+    Case("plan-model-size-unreadable", lambda t: ["plan", "--model", str(t / "no-model")],
+         ("its size cannot be read", "--params 7B")),
+    Case("plan-seq-len-zero", lambda t: ["plan", "--params", "7B", "--seq-len", "0"],
+         ("--seq-len: 0: must be a positive number",)),
+    Case("plan-budget-buys-no-trial", lambda t: ["plan", "--params", "7B", "--gpu", "h100-sxm", "--budget", "0.001"],
+         ("--budget: 0.001: buys no trial", "raise the budget")),
 ]  # fmt: skip
 if not _driver_has_gpu():  # the GPU-less driver's refusal; a GPU driver prices by its own GPU instead
     CASES.append(Case("gpu-method-on-a-gpu-less-driver",

@@ -9,7 +9,6 @@ trial reserves. Memory (tracking/plan_model.py) against the device's memory says
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +76,10 @@ class Workload:
 def device(catalog: Catalog, key: str | None, cpu_memory_gb: float | None = None) -> Device:
     """The planned device: a catalog GPU by key (an unknown key lists the known ones), or this CPU."""
     if key is None or key == "cpu":
+        from trainers.memory import device_memory_bytes
         from trainers.trial import cpu_has_native_bf16
 
-        ram = cpu_memory_gb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        ram = cpu_memory_gb or device_memory_bytes("cpu") / 1e9
         return Device("cpu", "cpu", ram, 0.0, 0.0, cpu_has_native_bf16())
     gpu = gpu_by_key(catalog, key)
     if "peak_tflops_bf16" not in gpu.specs or "memory_bandwidth_gb_s" not in gpu.specs:

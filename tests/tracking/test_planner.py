@@ -119,7 +119,7 @@ def test_guides_7b_inputs(capsys: pytest.CaptureFixture[str]) -> None:
     1-3 h and $10-30, QLoRA on a 16 GB T4 at 2-4 h and $5-15, full on 2x A100 80GB at 4-8 h and $50-150.
     The hours of LoRA land; the dollars cannot at the catalog's $1.30 per A100-hour ($10-30 for 1-3 h is
     $10/h, a hyperscaler's 8-GPU node); full fine-tuning at the LoRA-derived MFU takes under an hour on two
-    A100s (4-8 h would be 3-5% MFU); the T4 at 17% of its 65 TFLOPS with checkpointing takes about 10 h."""
+    A100s (4-8 h would be 2-5% MFU); the T4 at 17% of its 65 TFLOPS with checkpointing takes about 10 h."""
     common = ("--params", "7B", "--examples", "5000", "--seq-len", "512", "--epochs", "3", "--batch-size", "4")
     a100 = _plan(capsys, *common, "--gpu", "a100-80gb", "--budget", "300")["methods"]
     assert a100["lora"]["fits"] and 1.0 <= a100["lora"]["hours_per_trial"] <= 3.0
