@@ -122,8 +122,8 @@ def plan_method(shape: pm.Shape, method: str, work: Workload, dev: Device, gpus:
     fit_on = lambda n: (states / n if method == "full" else states) + memory["activations"] + runtime  # noqa: E731
     needed = next((n for n in range(1, 65) if fit_on(n) <= dev.memory_gb * 1e9), None) if gpus else None
     if not gpus:
-        needed_ok = per_device <= dev.memory_gb * 1e9
-        fits, status, request = needed_ok, "fits" if needed_ok else "does not fit", 0
+        fits = per_device <= dev.memory_gb * 1e9
+        status, request = "fits" if fits else "does not fit", 0
     else:
         fits = needed is not None and needed <= gpus
         request = max(gpus, needed or gpus)
