@@ -118,8 +118,8 @@ def plan_method(shape: pm.Shape, method: str, work: Workload, dev: Device, gpus:
     states = memory["weights"] + memory["gradients"] + memory["optimizer"]
     per_device = states + memory["activations"] + runtime
     # Full fine-tuning shards weights, gradients and optimizer state over its workers (FSDP); LoRA and QLoRA
-    # are data-parallel, each worker keeps the whole base.
-    fit_on = lambda n: (states / n if method == "full" else states) + memory["activations"] + runtime  # noqa: E731
+    # are data-parallel, each worker keeps the whole base. Workers split each step's batch.
+    fit_on = lambda n: (states / n if method == "full" else states) + memory["activations"] / n + runtime  # noqa: E731
     needed = next((n for n in range(1, 65) if fit_on(n) <= dev.memory_gb * 1e9), None) if gpus else None
     if not gpus:
         fits = per_device <= dev.memory_gb * 1e9
@@ -170,10 +170,12 @@ def _memory(shape: pm.Shape, method: str, work: Workload, dev: Device, trained: 
     from trainers.memory import BUDGET_FRACTION
 
     cfg = work.cfg
+    # The trainer decides on max_seq_len; batches are grouped by length, so they hold about the mean.
     seq = min(cfg.max_seq_len, math.ceil(work.tokens_per_example))
     plain = pm.memory_bytes(shape, method, trained, cfg.batch_size, seq, dev.bf16, False)
+    decided = pm.activation_bytes(shape, cfg.batch_size, cfg.max_seq_len, dev.bf16, False)
     choice = cfg.gradient_checkpointing
-    on = choice == "true" or (choice == "auto" and plain["activations"] > BUDGET_FRACTION * dev.memory_gb * 1e9)
+    on = choice == "true" or (choice == "auto" and decided > BUDGET_FRACTION * dev.memory_gb * 1e9)
     if method == "none" or not on:
         return plain, False
     return pm.memory_bytes(shape, method, trained, cfg.batch_size, seq, dev.bf16, True), True
