@@ -73,11 +73,14 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     methods = {}
     for method in planner.METHODS:
         res = resources.get(method, {"gpus": 0.0, "cpus": 2.0, "workers": 1})
-        gpus = args.gpus or (int(res["gpus"] * res["workers"]) if res["gpus"] else (1 if gpu_key else 0))
-        gpus = gpus if device.key != "cpu" else 0
+        # A config's method that reserves no GPU runs on CPU in the sweep, so it is planned there, unless
+        # --gpu asks otherwise; elsewhere a named GPU means one of it per trial.
+        on_cpu = device.key == "cpu" or (args.config is not None and not res["gpus"] and not args.gpu)
+        gpus = 0 if on_cpu else args.gpus or int(res["gpus"] * res["workers"]) or 1
         method_cfg = from_dict({**trial, "method": method})
         methods[method] = planner.plan_method(shape, method, planner.Workload(method_cfg, *work_fields(work)),
-                                              device, gpus, float(res["cpus"]), catalog, args.budget)  # fmt: skip
+                                              planner.device(catalog, None) if on_cpu else device, gpus,
+                                              float(res["cpus"]), catalog, args.budget)  # fmt: skip
     if args.budget is not None and not any(m["trials_affordable"] for m in methods.values() if m["fits"]):
         cheapest = min(m["usd_per_trial"] for m in methods.values())
         raise ValueError(f"--budget: {args.budget:g}: buys no trial (the cheapest method's trial costs "

@@ -95,3 +95,21 @@ def test_make_plan_passes_its_options() -> None:
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "sweepboard plan" in dry and "--params \"7B\"" in dry and "--gpu \"t4\"" in dry
     assert "--budget \"300\"" in dry and "--format \"json\"" in dry
+
+
+def test_data_file_is_counted_and_tokenized(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"prompt": f"What is {i} plus {i}?", "completion": str(2 * i)} for i in range(600)]
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = str(REPO / ".cache")
+    config = tmp_path / "sweep.yaml"
+    config.write_text(json.dumps({"name": "sums", "gpu": "a100-80gb", "resources": {"full": {"gpus": 2, "workers": 2}},
+                                  "trial": {"model": "builtin:tiny", "cache_dir": cache + "/models", "steps": 10}}))
+    assert main(["plan", "--config", str(config), "--data", str(data), "--format", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["inputs"]["n_train"] == 600 - 300 - 100
+    assert 5 < plan["inputs"]["tokens_per_example"] < 30  # a short sum and its answer, by the model's tokenizer
+    methods = plan["methods"]
+    assert methods["full"]["resources"] == {"gpus": 4, "cpus": 2.0, "gpu": "a100-80gb"}  # 2 workers x 2 GPUs
+    # The config reserves no GPU for LoRA, so its trials run, and are planned, on CPU.
+    assert methods["lora"]["resources"] == {"gpus": 0, "cpus": 2.0, "gpu": None}
