@@ -72,6 +72,17 @@ def noisy_tiny_model(out: Path) -> Path:
     return out
 
 
+def exported(sweep: dict[str, Any], method: str, folder: str, kind: str) -> tuple[dict[str, Any], Path]:
+    """Export the sweep's run of `method` unmerged: it gives every one of the run's answers again and
+    becomes the champion."""
+    run, out = sweep["runs"][method], sweep["tmp"] / folder
+    code, text = export("ship", "--run", run["run_id"], "--out", str(out))
+    assert code == 0, text
+    assert "40 of 40 answers as the run's (100.0%)" in text
+    assert_champion(run, kind, text)
+    return run, out
+
+
 def assert_champion(run: dict[str, Any], kind: str, text: str) -> None:
     """The export is the registered model `ship`'s champion: a version logged from this run, tagged with the
     board's test set, the run's test quality and cost."""
@@ -105,12 +116,7 @@ def test_the_sweep_ends_with_the_export_command(sweep: dict[str, Any]) -> None:
 
 
 def test_lora_adapter_reproduces_its_predictions_and_a_tampered_one_does_not(sweep: dict[str, Any]) -> None:
-    run = sweep["runs"]["lora"]
-    out = sweep["tmp"] / "lora-adapter"
-    code, text = export("ship", "--run", run["run_id"], "--out", str(out))
-    assert code == 0, text
-    assert "40 of 40 answers as the run's (100.0%)" in text
-    assert_champion(run, "adapter", text)
+    run, out = exported(sweep, "lora", "lora-adapter", "adapter")
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(sweep["base"].resolve())  # absolute, reachable
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
@@ -146,13 +152,8 @@ def test_qlora_merged_into_the_16_bit_base_scores_inside_the_runs_interval(sweep
 
 
 def test_full_model_reproduces_its_predictions(sweep: dict[str, Any]) -> None:
-    run = sweep["runs"]["full"]
-    out = sweep["tmp"] / "full-model"
-    code, text = export("ship", "--run", run["run_id"], "--out", str(out))
-    assert code == 0, text
-    assert "40 of 40 answers as the run's (100.0%)" in text
+    run, out = exported(sweep, "full", "full-model", "model")  # exporting another run moved the alias
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
-    assert_champion(run, "model", text)  # exporting another run moved the alias
     assert "AutoModelForCausalLM.from_pretrained" in (out / "README.md").read_text()
     code, text = export("ship", "--run", run["run_id"], "--merge", "--out", str(sweep["tmp"] / "x"))
     assert code == 2 and "drop --merge" in text
