@@ -25,10 +25,10 @@ def run(trial: dict[str, Any], steps: int = 10, rounds: int = 2) -> dict[str, An
     from trainers import render
     from trainers.config import from_dict
     from trainers.train import answer_logits, batches_for_step, collate, encode
-    from trainers.trial import _autocast_dtype
+    from trainers.trial import cpu_has_native_bf16
 
     cfg = from_dict({**lora_settings(trial, steps), "precision": "auto"})
-    if _autocast_dtype("auto", "cpu") != torch.bfloat16:
+    if not cpu_has_native_bf16():
         return {"skipped": "this CPU has no native bf16 (AVX512-BF16/AMX): precision auto trains in fp32 here"}
     splits = data_mod.prepare(cfg.data)
     path = model_mod.resolve(cfg)

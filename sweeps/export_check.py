@@ -92,11 +92,13 @@ def _load(plan: Plan, device: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainers.model import contiguous_head
+    from trainers.trial import base_dtype
 
     metrics = plan.metrics
-    # A QLoRA base is NF4 with float32 compute (trainers.model.load); a merged model is upcast to the dtype
-    # its trial computed the rest in, so only the 16-bit rounding of the merge is new.
-    dtype = torch.bfloat16 if metrics.get("weight_dtype") == "bfloat16" else torch.float32
+    # The dtype the trial held its base in (and QLoRA computed in) under its compute dtype, by the trial's own
+    # rule; a merged model is loaded in the dtype its trial held the base in, so only the merge is new.
+    autocast = torch.bfloat16 if metrics.get("compute_dtype") == "bfloat16" else None
+    dtype = base_dtype(str(metrics["method"]), autocast)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": metrics.get("attn_implementation") or "sdpa"}
     tok = AutoTokenizer.from_pretrained(plan.out)
     if tok.pad_token_id is None:
@@ -117,7 +119,12 @@ def _load(plan: Plan, device: str) -> tuple[Any, Any]:
             )  # fmt: skip
             kwargs["device_map"] = {"": device}
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-        if metrics["method"] != "qlora":
+        if metrics["method"] == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            # As the trial prepared its 4-bit base (trainers.model): the unquantized weights upcast to fp32.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        else:
             model.to(device)
         model = PeftModel.from_pretrained(model, str(Path(plan.out)))
     contiguous_head(model)

@@ -12,6 +12,7 @@ from the newest step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -61,8 +62,6 @@ def _per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics)  # every worker reports (Train waits for all); Tune gets rank 0's
         return rank == 0 and trial_should_stop(config["sweep"])
 
-    if rank == 0:
-        with output_to(Path(config["log"])):  # rank 0 speaks for the trial in its log, as one worker does
-            run_trial(config["settings"], report=report)
-    else:
+    # Rank 0 speaks for the trial in its log, as a single-process trial does.
+    with output_to(Path(config["log"])) if rank == 0 else contextlib.nullcontext():
         run_trial(config["settings"], report=report)

@@ -65,7 +65,7 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         cfg.gradient_checkpointing, model_mod.config_of(path, cfg), cfg.batch_size, cfg.max_seq_len, device,
         autocast,
     )  # fmt: skip
-    tok, model = model_mod.load(path, cfg, device, _weight_dtype(cfg.method, autocast), checkpointing)
+    tok, model = model_mod.load(path, cfg, device, base_dtype(cfg.method, autocast), checkpointing)
     trainable, total = model_mod.count_params(model)
     weights_mb = model_mod.weights_bytes(model) / 2**20
     # On several workers (torch.distributed set up by whoever started them): DDP or FSDP, see distributed.
@@ -282,7 +282,7 @@ def _autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     return None
 
 
-def _weight_dtype(method: str, autocast: torch.dtype | None) -> torch.dtype:
+def base_dtype(method: str, autocast: torch.dtype | None) -> torch.dtype:
     """Under bf16 autocast (precision auto where bf16 is native: CUDA with bf16, CPUs with AVX512-BF16/AMX)
     LoRA holds its frozen base in bf16 and QLoRA computes in bf16 (its NF4 weights dequantized to bf16 per
     matmul, its unquantized ones in bf16): half the base's memory (a 7B base in 14 GB, not 28), and autocast

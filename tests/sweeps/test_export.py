@@ -138,6 +138,11 @@ def test_lora_adapter_reproduces_its_predictions_and_a_tampered_one_does_not(swe
         export_check.verify(plan)
 
 
+def test_qlora_adapter_reproduces_its_predictions_on_its_4_bit_base(sweep: dict[str, Any]) -> None:
+    # Loaded as the trial held it: NF4 base, computing in the trial's compute dtype (bf16 where native).
+    exported(sweep, "qlora", "qlora-adapter", "adapter")
+
+
 def test_qlora_merged_into_the_16_bit_base_scores_inside_the_runs_interval(sweep: dict[str, Any]) -> None:
     run = sweep["runs"]["qlora"]
     out = sweep["tmp"] / "qlora-merged"
