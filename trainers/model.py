@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def _from_pretrained(path: str, cfg: TrialConfig, kwargs: dict[str, Any]) -> Any
         if not any(word in str(exc) for word in ("sdpa", "scaled_dot_product_attention")):
             raise
         print(f"sweepboard: note: model {cfg.model!r} does not support SDPA attention ({_first_line(exc)}); "
-              "using eager attention", flush=True)  # fmt: skip
+              "using eager attention", file=sys.stderr, flush=True)  # fmt: skip
         return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
 
 
@@ -322,6 +323,7 @@ def _convert_default(out: Path) -> None:
     src = _gguf_dir()
     print(
         f"sweepboard: converting the embedded default model from {src / GGUF_FILE} once (~30 s)...",
+        file=sys.stderr,  # stdout may be a JSON document (`plan --format json`)
         flush=True,
     )
     tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
