@@ -40,7 +40,8 @@ class SweepConfig:
     max_trials: int = 8  # the baseline is extra; on CPU a trial count stops the sweep before $30 does
     concurrency: int = 1
     baseline: bool = True  # evaluate the base model (method none) once per sweep
-    estimate_trial_seconds: float = 600  # projected cost of the first trial, before any trial has finished
+    # The first trial of each method is projected from `sweepboard plan`; a number here overrides the plan.
+    estimate_trial_seconds: float | None = None
     grace_period: int = 2  # ASHA: reports (validation rounds) before a trial may be pruned
     reduction_factor: float = 3
     # Completed adapter (lora/qlora) configurations the method decision needs: proposals take an adapter
@@ -162,6 +163,8 @@ def _check(cfg: SweepConfig) -> list[str]:
                  "per-method minimum off)")  # fmt: skip
     for key in ("estimate_trial_seconds", "reduction_factor"):
         value = getattr(cfg, key)
+        if key == "estimate_trial_seconds" and value is None:
+            continue
         if (
             not isinstance(value, (int, float))
             or not math.isfinite(value)

@@ -91,9 +91,11 @@ def render(s: Snapshot, metric: str = "val_quality") -> Table:
 def print_start_banner(
     console: Console, budget_usd: float, quote: PriceQuote, projected_trial_cost: float,
     max_trials: int | None, per_method: Mapping[str, PriceQuote] | None = None,
+    plans: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """The resolved budget, the price it is spent at (and where that price comes from), and what it buys.
-    `quote` is the dearest method's price, the one `projected_trial_cost` is at; `per_method` lists each."""
+    `quote` is the dearest method's price, the one `projected_trial_cost` is at; `per_method` lists each;
+    `plans` the plan of each method's trial (sweeps/plan_cli.py), which projects its first trial's cost."""
     seconds = affordable_seconds(budget_usd, quote)
     if quote.gpus > 0 or quote.cpus > 0:
         unit = "GPU-hours" if quote.gpus > 0 else "vCPU-hours"
@@ -109,12 +111,25 @@ def print_start_banner(
         for method, q in per_method.items():
             rate = usd(q.usd_per_hour) if q.usd_per_hour >= 0.1 else f"${q.usd_per_hour:.2g}"  # CPUs: $0.045
             table.add_row(f"price {method}", f"{rate}/h for {_reserved(q)} ({q.source}{as_of})")
+            plan = (plans or {}).get(method) or {}
+            if "status" in plan:
+                table.add_row(f"plan {method}", plan_line(plan, q.usd_per_hour))
     else:
         table.add_row("price", f"{usd(quote.usd_per_hour)}/h ({quote.source}{as_of})")
     table.add_row(
         "affords", f"about {trials} trial(s) at {usd(projected_trial_cost)} projected each{cap}; {hours}"
     )
     console.print(table, highlight=False)
+
+
+def plan_line(plan: Mapping[str, Any], usd_per_hour: float) -> str:
+    seconds = sum(plan["seconds"].values())
+    cost = usd_per_hour * seconds / 3600
+    n = plan["calibrated_on_trials"]
+    basis = f"calibrated on {n} finished trial(s) here" if n else "built-in rates, not yet calibrated here"
+    return (f"{plan['status']} ({plan['memory_gb']:.3g} GB), {seconds:,.0f} s and "
+            f"{usd(cost) if cost >= 0.01 else f'${cost:.2g}'} a trial, {plan['tokens_per_second']:,.0f} tokens/s "
+            f"({basis})")
 
 
 class SweepProgress(Callback):

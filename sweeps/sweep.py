@@ -31,17 +31,11 @@ def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
         if root.exists():
             problems.append(_exists(cfg.name, root))
         _check_task(cfg, space, problems)
-        if budget_usd is not None and quote is not None and space is not None:
-            # The cheapest method the space searches: a budget that buys one such trial is not refused.
-            cheapest = min((quote[m] for m in space.method_names), key=lambda q: q.usd_per_hour)
-            first = cheapest.usd_per_hour * cfg.estimate_trial_seconds / 3600
-            if budget_usd < first:
-                problems.append(
-                    f"--budget {usd(budget_usd)} is below one trial's projected cost {usd(first)} "
-                    f"(estimate_trial_seconds={cfg.estimate_trial_seconds:g} at {usd(cheapest.usd_per_hour)}/h): "
-                    f"raise --budget to at least {usd(first)}, or lower estimate_trial_seconds in the sweep "
-                    "config if your trials are shorter"
-                )
+        plans = _collect(problems, lambda: _plan(cfg, space)) if space is not None else None
+        if plans is not None:
+            problems.extend(_fit_problems(cfg, space, plans))
+        if budget_usd is not None and quote is not None and plans is not None:
+            problems.extend(_budget_problems(cfg, budget_usd, quote, plans))
     if problems:
         raise ConfigError(problems)
     assert cfg is not None and budget_usd is not None and quote is not None and space is not None
@@ -55,7 +49,7 @@ def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
         (root / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
         from sweeps.tune_run import execute
 
-        return execute(cfg, budget_usd, space, quote, root, resume=False)
+        return execute(cfg, budget_usd, space, quote, root, resume=False, plans=plans)
 
 
 def resume(name: str, storage: str = "runs/sweeps") -> int:
@@ -80,7 +74,61 @@ def resume(name: str, storage: str = "runs/sweeps") -> int:
         _check_tracking(cfg)
         from sweeps.tune_run import execute
 
-        return execute(cfg, float(state["budget_usd"]), space, quote, root, resume=True)
+        # For the banner: the ledger keeps the projections the sweep started with and what trials measured.
+        plans = _collect([], lambda: _plan(cfg, space))
+        return execute(cfg, float(state["budget_usd"]), space, quote, root, resume=True, plans=plans)
+
+
+def _plan(cfg: sweep_config.SweepConfig, space: Any) -> dict[str, dict[str, Any]]:
+    """`sweepboard plan --config` of this sweep, for the methods its space searches and the baseline."""
+    from sweeps.plan_cli import for_sweep
+
+    methods = for_sweep(cfg)["methods"]
+    return {m: methods[m] for m in ("none", *space.method_names)}
+
+
+def _fit_problems(cfg: sweep_config.SweepConfig, space: Any, plans: dict[str, dict[str, Any]]) -> list[str]:
+    """A method whose trial cannot fit in the memory of what it reserves would fail every trial, each billed."""
+    found = []
+    for method in ("none", *space.method_names) if cfg.baseline else space.method_names:
+        p = plans[method]
+        if p["fits"]:
+            continue
+        res = cfg.resources[method]
+        given = f"{res.workers} x {res.gpus:g} GPU(s)" if res.gpus else "this machine's memory"
+        need = (f"give resources.{method}.gpus (x workers) {p['gpus_needed']} in the sweep config"
+                if p["gpus_needed"] else "use a GPU with more memory, a smaller model or shorter sequences")  # fmt: skip
+        found.append(f"method {method}: a trial needs {p['memory_gb']:.3g} GB per device ({p['status']}) and "
+                     f"resources.{method} gives {given}: {need}, or drop {method} from the search space "
+                     f"(`make plan CONFIG=...` shows the plan)")  # fmt: skip
+    return found
+
+
+def _budget_problems(cfg: sweep_config.SweepConfig, budget_usd: float, quote: Any,
+                     plans: dict[str, dict[str, Any]]) -> list[str]:  # fmt: skip
+    """A budget that buys not even one trial of the cheapest method the space searches is refused."""
+    projections = first_trial_costs(cfg, quote, plans)
+    cheapest = min(projections, key=lambda m: projections[m])
+    first = projections[cheapest]
+    if budget_usd >= first:
+        return []
+    if cfg.estimate_trial_seconds is not None:
+        why = f"estimate_trial_seconds={cfg.estimate_trial_seconds:g} at {usd(quote[cheapest].usd_per_hour)}/h"
+        fix = "or lower estimate_trial_seconds in the sweep config if your trials are shorter"
+    else:
+        why = (f"{cheapest}: planned {plans[cheapest]['hours_per_trial'] * 3600:,.0f} s at "
+               f"{usd(quote[cheapest].usd_per_hour)}/h")  # fmt: skip
+        fix = "or plan shorter trials (fewer steps, a smaller model); `make plan` shows the plan"
+    return [f"--budget {usd(budget_usd)} is below one trial's projected cost {usd(first)} ({why}): "
+            f"raise --budget to at least {usd(first)}, {fix}"]
+
+
+def first_trial_costs(cfg: sweep_config.SweepConfig, quote: Any, plans: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """What each searched method's first trial is projected to cost before one has finished: its planned hours
+    (or estimate_trial_seconds, when the config gives it) at the price the driver charges for its resources."""
+    return {m: quote[m].usd_per_hour * (cfg.estimate_trial_seconds / 3600 if cfg.estimate_trial_seconds is not None
+                                         else sum(plans[m]["seconds"].values()) / 3600)
+            for m in plans if m != "none"}  # fmt: skip
 
 
 def _exists(name: str, root: Path) -> str:

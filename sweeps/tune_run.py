@@ -22,7 +22,7 @@ console = Console(highlight=False)
 
 
 def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote: Any, root: Path,
-            resume: bool) -> int:  # fmt: skip
+            resume: bool, plans: dict[str, dict[str, Any]] | None = None) -> int:  # fmt: skip
     """Run the sweep; its parent run ends FINISHED when the sweep finished, KILLED when it was interrupted
     (Ctrl-C: Tune stops and returns, or a KeyboardInterrupt), FAILED when something raised."""
     from tracking import mlflow_store
@@ -41,7 +41,8 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
     )
     books: dict[str, Any] = {"status": "failed", "grid": None, "ledger": None, "baseline_cost": 0.0}
     try:
-        run_sweep(cfg, budget_usd, space, quote, root, resume, base, steps, client, parent, identity, uri, books)
+        run_sweep(cfg, budget_usd, space, quote, root, resume, base, steps, client, parent, identity, uri, books,
+                  plans)  # fmt: skip
     except KeyboardInterrupt:
         books["status"] = "interrupted"
         raise
@@ -52,7 +53,7 @@ def execute(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote:
 
 def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quote: Any, root: Path, resume: bool,
               base: dict[str, Any], steps: int, client: Any, parent: str, identity: str, uri: str,
-              books: dict[str, Any]) -> None:  # fmt: skip
+              books: dict[str, Any], plans: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
     """The baseline, then Tune; what finish() needs goes into `books` as it becomes known."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -61,18 +62,24 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
     from sweeps import search as sweep_search
     from sweeps.baseline import run_baseline
     from sweeps.budget import BudgetLedger, BudgetSearcher, BudgetStopper, BudgetSync
+    from sweeps.calibrate import Calibrate
     from sweeps.cleanup import DropUnfinishedState
     from sweeps.mlflow_callback import MLflowTrialLogger
     from sweeps.progress import SweepProgress, print_start_banner
+    from sweeps.sweep import first_trial_costs
     from sweeps.trainable import trainable
 
-    # Per method: estimate_trial_seconds at that method's price, until its own trials are measured.
-    estimates = {m: quote[m].usd_per_hour * cfg.estimate_trial_seconds / 3600 for m in space.method_names}
+    # Per method: the plan (or estimate_trial_seconds) at that method's price, until its own trials are
+    # measured; on resume the ledger brings back the projections the sweep started with.
+
+    if plans is None:  # a resume whose plan failed: the ledger's saved projections replace these
+        plans = {m: {"seconds": {"total": cfg.estimate_trial_seconds or 600}} for m in space.method_names}
+    estimates = first_trial_costs(cfg, quote, {m: plans[m] for m in space.method_names})
     dearest = max(space.method_names, key=lambda m: estimates[m])
     estimate = estimates[dearest]
     prices = {m: q.usd_per_hour for m, q in quote.items()}
     print_start_banner(console, budget_usd, quote[dearest], estimate, cfg.max_trials,
-                       per_method={m: quote[m] for m in space.method_names})  # fmt: skip
+                       per_method={m: quote[m] for m in space.method_names}, plans=plans)  # fmt: skip
 
     # Tune snapshots its experiment state every 10 s instead of its default, so a killed driver loses
     # little: a stale snapshot can re-run trials that had finished (and pay for them twice).
@@ -100,6 +107,7 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
         MLflowTrialLogger(uri, cfg.name, identity, parent, git_commit()),
         SweepProgress(console, ledger),  # the ledger counts the baseline
         DropUnfinishedState(),  # a pruned trial's weights and optimizer state
+        Calibrate(cfg, identity),  # each finished trial's measured seconds over its plan, for the next plan
     ]
     run_config = tune.RunConfig(
         name=cfg.name,

@@ -9,9 +9,11 @@ trial reserves. Memory (tracking/plan_model.py) against the device's memory says
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from tracking import calibration
 from tracking import plan_model as pm
 from tracking.prices import Catalog, DeviceInfo, gpu_by_key, price_per_hour
 
@@ -59,6 +61,13 @@ class Device:
     flops: float  # peak per GPU (bf16 tensor), unused on CPU
     bandwidth: float  # bytes/s of one GPU's memory, unused on CPU
     bf16: bool  # whether weights are held in 16 bits, as the trainer's precision auto does
+    # Per method: measured over planned seconds per phase on this device (tracking/calibration.py), and
+    # how many finished trials they come from; a method without any is planned by the built-in rates.
+    factors: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return calibration.device_id(self.key, self.name, "bf16" if self.bf16 else "fp32")
 
 
 @dataclass(frozen=True)
@@ -73,14 +82,23 @@ class Workload:
     prompt_tokens: float
 
 
-def device(catalog: Catalog, key: str | None, cpu_memory_gb: float | None = None) -> Device:
-    """The planned device: a catalog GPU by key (an unknown key lists the known ones), or this CPU."""
+def device(catalog: Catalog, key: str | None, calibrated: bool = True) -> Device:
+    """The planned device: a catalog GPU by key (an unknown key lists the known ones), or this CPU; with the
+    calibration this device's finished trials left (`calibrated`), else the built-in rates alone."""
+    dev = _device(catalog, key)
+    if not calibrated:
+        return dev
+    return Device(dev.key, dev.name, dev.memory_gb, dev.flops, dev.bandwidth, dev.bf16, calibration.factors(dev.id))
+
+
+def _device(catalog: Catalog, key: str | None) -> Device:
     if key is None or key == "cpu":
+        from tracking.prices import detect_device
         from trainers.memory import device_memory_bytes
         from trainers.trial import cpu_has_native_bf16
 
-        ram = cpu_memory_gb or device_memory_bytes("cpu") / 1e9
-        return Device("cpu", "cpu", ram, 0.0, 0.0, cpu_has_native_bf16())
+        ram = device_memory_bytes("cpu") / 1e9
+        return Device("cpu", detect_device().name, ram, 0.0, 0.0, cpu_has_native_bf16())
     gpu = gpu_by_key(catalog, key)
     if "peak_tflops_bf16" not in gpu.specs or "memory_bandwidth_gb_s" not in gpu.specs:
         raise ValueError(f"--gpu {key}: its catalog entry has no peak_tflops_bf16/memory_bandwidth_gb_s; add "
@@ -145,6 +163,8 @@ def plan_method(shape: pm.Shape, method: str, work: Workload, dev: Device, gpus:
         "tokens_to_train": round(seconds["train_tokens"]),
         "tokens_to_evaluate": round(seconds["eval_tokens"]),
         "tokens_per_second": round(seconds["train_tokens"] / seconds["train"], 1) if seconds["train"] else 0.0,
+        "seconds": {p: round(seconds[p], 3) for p in calibration.PHASES},
+        "calibrated_on_trials": int(dev.factors.get(method, {}).get("trials", 0)),
         "hours_per_trial": round(hours, 4),
         "usd_per_trial": round(usd, 6),
         "usd_per_hour": quote.usd_per_hour,
@@ -196,7 +216,10 @@ def _seconds(shape: pm.Shape, method: str, work: Workload, dev: Device, gpus: in
         train += cpu_overhead(flops)["train"]
         evaluate = flops["evaluate"] / (CPU_EVAL_FLOPS_PER_THREAD * cpus) + cpu_overhead(flops)["evaluate"]
     startup = STARTUP_SECONDS + memory["weights"] / LOAD_BYTES_PER_SECOND
-    return {"train": train, "evaluate": evaluate, "total": startup + train + evaluate,
+    factor = dev.factors.get(method, {})  # this device's measured corrections, where it has any
+    startup, train, evaluate = (factor.get(p, 1.0) * s for p, s in (("startup", startup), ("train", train),
+                                                                   ("evaluate", evaluate)))  # fmt: skip
+    return {"startup": startup, "train": train, "evaluate": evaluate, "total": startup + train + evaluate,
             "train_tokens": flops["train_tokens"], "eval_tokens": flops["eval_tokens"]}  # fmt: skip
 
 

@@ -113,3 +113,50 @@ def test_data_file_is_counted_and_tokenized(tmp_path: Path, capsys: pytest.Captu
     assert methods["full"]["resources"] == {"gpus": 4, "cpus": 2.0, "gpu": "a100-80gb"}  # 2 workers x 2 GPUs
     # The config reserves no GPU for LoRA, so its trials run, and are planned, on CPU.
     assert methods["lora"]["resources"] == {"gpus": 0, "cpus": 2.0, "gpu": None}
+
+
+def test_sweep_refuses_a_method_that_does_not_fit_its_resources(tmp_path: Path) -> None:
+    """Full fine-tuning of a 7B shape on one 16 GB T4 cannot run: the sweep says so before anything starts,
+    naming the GPUs the plan needs, together with the other problems of the config."""
+    from sweeps.sweep import run
+    from trainers.config import ConfigError
+
+    model = tmp_path / "llama-7b-shape"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008,
+        "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False}))  # fmt: skip
+    config = tmp_path / "big.yaml"
+    config.write_text(json.dumps({
+        "name": "big", "space": "smoke", "gpu": "t4", "storage": str(tmp_path / "runs"),
+        "resources": {"default": {"cpus": 4, "gpus": 1}},
+        "trial": {"model": str(model), "max_seq_len": 512, "data": {"lock_dir": str(tmp_path / "lock")}}}))  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        run(100, str(config), {})
+    problems = [p for p in caught.value.problems if p.startswith("method full:")]
+    assert len(problems) == 1, caught.value.problems
+    assert "needs" in problems[0] and "GPUs" in problems[0] and "resources.full gives 1 x 1 GPU(s)" in problems[0]
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_calibration_file_keeps_one_entry_per_trial_and_survives_a_torn_line(tmp_path: Path) -> None:
+    from tracking import calibration
+
+    file = tmp_path / "cal.jsonl"
+    entry = {"device": "cpu|X|fp32", "method": "lora", "factors": {"startup": 1.0, "train": 2.0, "evaluate": 3.0},
+             "sweep_id": "s", "trial_id": "t1"}  # fmt: skip
+    calibration.append(entry, file)
+    calibration.append(entry, file)  # a resumed sweep reporting the finished trial again
+    with open(file, "a") as f:
+        f.write('{"device": "cpu|X|fp32", "meth')  # a writer killed mid-line
+    calibration.append({**entry, "trial_id": "t2", "factors": {"train": 4.0}}, file)
+    rows = calibration.load(file)
+    assert [r["trial_id"] for r in rows] == ["t1", "t2"]
+    got = calibration.factors("cpu|X|fp32", rows)
+    assert got == {"lora": {"startup": 1.0, "train": 3.0, "evaluate": 3.0, "trials": 2}}
+    assert calibration.factors("cpu|Y|fp32", rows) == {}
+    final = {"steps_done": 6, "steps": 6, "wall_seconds": 10.0, "step_seconds": 4.0, "validate_seconds": 1.0,
+             "test_seconds": 2.0}  # fmt: skip
+    assert calibration.measured({"startup": 1.5, "train": 2.0, "evaluate": 1.5}, final) == {
+        "startup": 2.0, "train": 2.0, "evaluate": 2.0}  # fmt: skip
+    assert calibration.measured({"train": 2.0}, {**final, "steps_done": 3}) is None  # a pruned trial

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -79,14 +80,51 @@ def children(runs: list[Any]) -> list[Any]:
     return [r for r in runs if r.data.tags.get(names.TAG_ROLE) in ("trial", "baseline")]
 
 
+def first_trial_projections(cfg: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """What the sweep's admission should project for each method's first trial, and the plans behind it."""
+    from sweeps import config as sweep_config
+    from sweeps.sweep import _load_space, _plan, _quote, first_trial_costs
+
+    loaded = sweep_config.load(str(cfg))
+    plans = _plan(loaded, _load_space(loaded.space))
+    return first_trial_costs(loaded, _quote(loaded), plans), plans
+
+
+def assert_calibrated(tmp_path: Path, cfg: Path, finished: list[Any], before: dict[str, Any]) -> None:
+    """Every trial that ran all its steps left its measured over planned seconds, and the next plan uses them."""
+    from tracking import calibration
+
+    entries = calibration.load()
+    finished_ids = {r.data.tags[names.TAG_TRIAL_ID] for r in finished}
+    assert {e["trial_id"] for e in entries} == finished_ids and len(entries) == len(finished_ids)
+    for e in entries:
+        assert e["device"].startswith("cpu|") and set(e["factors"]) == set(calibration.PHASES)
+        assert all(f > 0 for f in e["factors"].values())
+    after = sweepboard(tmp_path, "plan", "--config", str(cfg), "--format", "json")
+    assert after.returncode == 0, after.stderr[-2000:]
+    for method, plan in json.loads(after.stdout)["methods"].items():
+        mine = [e for e in entries if e["method"] == method]
+        assert plan["calibrated_on_trials"] == len(mine)
+        if mine:  # the built-in plan of each phase, times the median factor this machine measured
+            for phase in calibration.PHASES:
+                factor = statistics.median(e["factors"][phase] for e in mine)
+                assert plan["seconds"][phase] == pytest.approx(before[method]["seconds"][phase] * factor, rel=0.01,
+                                                               abs=2e-3)  # fmt: skip
+
+
 def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path) -> None:
     # Full fine-tuning reserves 2 CPUs, the others 1: each trial is charged its own method's reservation.
     cfg = smoke_config(tmp_path, "e2e", resources={"default": {"cpus": 1, "gpus": 0}, "full": {"cpus": 2}})
+    planned, plans = first_trial_projections(cfg)  # before any trial: the built-in rates
     done = sweepboard(tmp_path, "sweep", "--budget", "5", "--config", str(cfg))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "budget" in done.stdout and "Leaderboard" in done.stdout and "make ui" in done.stdout
     banner = " ".join(done.stdout.split())
     assert "price lora $0.045/h for 1 vCPU" in banner and "price full $0.09/h for 2 vCPU" in banner
+    assert "plan full fits" in banner and "built-in rates, not yet calibrated here" in banner
+    # Admission: each method's first trial was projected from the plan at its price.
+    ledger = json.loads((tmp_path / "runs" / "sweeps" / "e2e" / "budget.json").read_text())
+    assert ledger["estimates"] == pytest.approx(planned, rel=1e-9)
 
     runs = runs_of(tmp_path, "e2e")
     parents = [r for r in runs if r.data.tags.get(names.TAG_ROLE) == "sweep"]
@@ -142,6 +180,7 @@ def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path)
         assert (board / f"leaderboard.{fmt}").stat().st_size > 0
     rows = json.loads((board / "leaderboard.json").read_text())["rows"]
     assert len(rows) == 5
+    assert_calibrated(tmp_path, cfg, finished, plans)
 
     # The same name again: refused, nothing overwritten, no new runs.
     again = sweepboard(tmp_path, "sweep", "--budget", "5", "--config", str(cfg))
