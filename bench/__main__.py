@@ -9,7 +9,9 @@ Writes bench/results.json and bench/REPORT.md (with plots beside it):
    quality, over random search's, replayed on the recorded table (goal <= 0.5);
 4. memory.<method>_mb: peak memory per method, and disk.default_sweep_gb: what that sweep left on disk
    (goal <= 3 GB), from the same sweep's trials;
-5. gpu: the committed CUDA measurement (bench/gpu_results.json), when one was made.
+5. planner.median_abs_error / worst_abs_error: the plan's trial cost against the measured one, over the
+   recorded trials, a smoke sweep's and the default sweep's (bench/planner_accuracy.py; goal median <= 0.25);
+6. gpu: the committed CUDA measurement (bench/gpu_results.json), when one was made.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -33,20 +36,21 @@ from bench.report import write_report
 
 HERE = Path(__file__).resolve().parent
 GOALS = {"overhead.compute_share": (">=", 0.9), "throughput.ratio_vs_hf_trainer": (">=", 1.2),
-         "search.cost_ratio_vs_random": ("<=", 0.5), "disk.default_sweep_gb": ("<=", 3.0)}  # fmt: skip
+         "search.cost_ratio_vs_random": ("<=", 0.5), "disk.default_sweep_gb": ("<=", 3.0),
+         "planner.median_abs_error": ("<=", 0.25)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Run the benchmarks (make bench).")
     parser.add_argument("--out", type=Path, default=HERE, help="where results.json and REPORT.md go")
-    parser.add_argument("--only", nargs="*", choices=["overhead", "throughput", "search", "gpu"],
+    parser.add_argument("--only", nargs="*", choices=["overhead", "throughput", "search", "planner", "gpu"],
                         help="run only these parts (the others are kept from an earlier results.json)")  # fmt: skip
     parser.add_argument("--sweep-trials", type=int, default=4, help="trials in the overhead/memory sweep")
     parser.add_argument("--throughput-steps", type=int, default=20)
     parser.add_argument("--throughput-rounds", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=20, help="seeds per search in the replay")
     args = parser.parse_args(argv)
-    parts = set(args.only or ["overhead", "throughput", "search", "gpu"])
+    parts = set(args.only or ["overhead", "throughput", "search", "planner", "gpu"])
     out_json = args.out / "results.json"
     results: dict[str, Any] = json.loads(out_json.read_text()) if args.only and out_json.is_file() else {}
     # A partial run (--only) keeps the full run's date and duration and says which parts were run again.
@@ -54,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"] = meta()
     started = time.perf_counter()
     trial = record.trial_settings()
+    # The sweeps' trials write their measured over planned seconds here (the planner part reads them), not
+    # into the user's calibration.
+    calibration = Path(tempfile.mkdtemp(prefix="sweepboard-bench-cal-")) / "calibration.jsonl"
+    os.environ["SWEEPBOARD_CALIBRATION"] = str(calibration)
 
     if "overhead" in parts:
         _step("1/4 overhead and memory: a sweep of the embedded default (baseline + "
@@ -85,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
                                           **search_settings(trial))
         results["search"]["grid_size"] = len(record.grid_configs())
         _say(f"cost ratio vs random {results['search']['cost_ratio_vs_random']}")
+    if "planner" in parts:
+        _step("planner accuracy: the recorded trials, a smoke sweep, and the default sweep's trials above")
+        from bench import planner_accuracy
+
+        with tempfile.TemporaryDirectory(prefix="sweepboard-bench-plan-") as tmp:
+            planner_accuracy.run_smoke(Path(tmp), calibration)
+        rows = planner_accuracy.recorded_rows() + planner_accuracy.sweep_rows(calibration)
+        results["planner"] = planner_accuracy.summary(rows)
+        _say(f"median |error| {results['planner']['median_abs_error']}, worst {results['planner']['worst_abs_error']}"
+             f" over {results['planner']['trials']} trials")  # fmt: skip
     if "gpu" in parts:
         gpu = HERE / "gpu_results.json"
         results["gpu"] = json.loads(gpu.read_text()) if gpu.is_file() else {
