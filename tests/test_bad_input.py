@@ -82,9 +82,10 @@ CASES = [
          ("--budget must be a positive number of US dollars, got '-3'", "pass e.g. --budget 30")),
     Case("budget-not-a-number", lambda t: sweep("--config", "smoke", budget="thirty"),
          ("got 'thirty'", "pass e.g. --budget 30")),
-    Case("budget-below-one-trial", lambda t: sweep("--config", "smoke", "--price-per-hour", "100", budget="0.5"),
-         ("--budget $0.50 is below one trial's projected cost $0.83 (estimate_trial_seconds=30 at $100.00/h)",
-          "raise --budget to at least $0.83", "lower estimate_trial_seconds")),
+    # The smoke trial plans at about 4 s: $0.12 at $100/h.
+    Case("budget-below-one-trial", lambda t: sweep("--config", "smoke", "--price-per-hour", "100", budget="0.05"),
+         ("--budget $0.05 is below one trial's projected cost $0.1", "s at $100.00/h)",
+          "raise --budget to at least $0.1", "`make plan` shows the plan")),
     # Data.
     Case("data-missing", sweep_on_data(lambda t: str(t / "nope.jsonl")),
          ("data.source", "nope.jsonl", "no such file", "give a .jsonl, .csv or .parquet file")),
