@@ -1,13 +1,16 @@
-"""Fixtures shared by the sweep tests: a tracking server, and a Ray for the tests that run Ray itself."""
+"""Fixtures shared by the sweep tests: a tracking server (on SQLite, or on PostgreSQL), and a Ray for the tests
+that run Ray itself."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow_server import MlflowServer
+from postgres import Postgres, running_postgres
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,6 +28,28 @@ def server(tmp_path: Path) -> Iterator[MlflowServer]:
 @pytest.fixture
 def mlflow_server(server: MlflowServer) -> str:
     return server.uri
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster for one test module (skipped where there is none, failed so in CI)."""
+    with running_postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres,
+                    request: pytest.FixtureRequest) -> Iterator[MlflowServer]:  # fmt: skip
+    """`mlflow server` on a database and user of this module's own, the artifacts proxied by the server; two
+    worker processes, so requests really overlap in the database. One per module: a start takes 20-30 s."""
+    name = re.sub(r"[^a-z0-9_]", "_", f"mlflow_{request.module.__name__}".lower())[:60]  # a plain SQL name
+    backend_uri = postgres.create_database(name, user=name, password=f"pw-{name}")
+    running = MlflowServer(tmp_path_factory.mktemp("mlflow-postgres"), backend_uri, workers=2)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill(signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """A real `mlflow server` process for tests about the tracking server: SQLite behind it, so it can be killed
-(an outage) and started again on the same store. Each start takes a port the OS picks then, so a restarted
-server never re-binds a port it released (someone else may hold it by then); only a test about a server
-coming back at its own address asks for the same port, and a collision there fails the start loudly."""
+(an outage) and started again on the same store, or a PostgreSQL database (tests/sweeps/postgres.py). Each
+start takes a port the OS picks then, so a restarted server never re-binds a port it released (someone else
+may hold it by then); only a test about a server coming back at its own address asks for the same port, and a
+collision there fails the start loudly."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """`mlflow server` on a SQLite store: it can be killed and started again (on a new port, see start)."""
+    """`mlflow server` on a SQLite store, or on `backend_uri` with the artifacts served by the server from
+    `folder/artifacts` (`--artifacts-destination`: clients upload and download through it, as in production).
+    It can be killed and started again (on a new port, see start)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
+    def __init__(self, folder: Path, backend_uri: str | None = None, workers: int = 1) -> None:
+        self.folder, self.port, self.backend_uri, self.workers = folder, free_port(), backend_uri, workers
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -40,11 +43,16 @@ class MlflowServer:
             self.uri = f"http://127.0.0.1:{self.port}"
         self.starts += 1
         mlflow_cli = Path(sys.executable).parent / "mlflow"
+        if self.backend_uri is None:
+            store = ["--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+                     "--default-artifact-root", str(self.folder / "artifacts")]  # fmt: skip
+        else:
+            store = ["--backend-store-uri", self.backend_uri,
+                     "--artifacts-destination", str(self.folder / "artifacts")]  # fmt: skip
         with (self.folder / "server.log").open("a") as log:
             self.process = subprocess.Popen(
-                [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-                 "--default-artifact-root", str(self.folder / "artifacts")],
+                [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", str(self.workers), *store],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + 120
