@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from sweeps import config as sweep_config
+from sweeps import storage
 from sweeps.runtime import record_end
 from tracking import names
 
@@ -52,17 +53,27 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
     from tracking import mlflow_store
 
     status, grid, ledger = books["status"], books["grid"], books["ledger"]
-    record_end(root, status)  # first: if MLflow does not answer now, `sweepboard sync` ends the parent so
+    # An object store that stopped answering: the parent run is still ended, then its error is raised.
+    lost: list[storage.StorageError] = []
+    try:
+        record_end(root, status)  # first: if MLflow does not answer now, `sweepboard sync` ends the parent so
+    except storage.StorageError as exc:
+        lost.append(exc)
     # The one spent figure (Ray's storage: every trial that reported, pruned, failed and lost attempts
     # included, plus the baseline); the ledger file is made to agree, and `sync` reports the same.
     from sweeps.ledger import close_books
 
-    spent = close_books(root, ledger)
+    try:
+        spent = close_books(root, ledger)
+    except storage.StorageError as exc:
+        lost.append(exc)
+        spent = ledger.spent() if ledger is not None else 0.0
     out_dir = root / "leaderboard"
     paths: list[Path] = []
     try:
         board = build([cfg.name], uri, None, 0.02, min_adapter_configs=cfg.min_adapter_configs)
         paths = export_all(board.ranked, board.decision, out_dir, board.warnings)
+        storage.push(out_dir)  # on object storage, into the bucket beside Ray's results
         from leaderboard import export
 
         export(board.ranked, board.decision, "table", None, board.warnings)
@@ -88,3 +99,5 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
     experiment = mlflow_store.ensure_experiment(client, cfg.name)
     console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`, then open "
                   f"http://127.0.0.1:5000{mlflow_store.ui_path(experiment)}")
+    if lost:
+        raise lost[0]
