@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,12 +74,16 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
     try:
         board = build([cfg.name], uri, None, 0.02, min_adapter_configs=cfg.min_adapter_configs)
         paths = export_all(board.ranked, board.decision, out_dir, board.warnings)
-        storage.push(out_dir)  # on object storage, into the bucket beside Ray's results
         from leaderboard import export
 
         export(board.ranked, board.decision, "table", None, board.warnings)
     except Exception as exc:  # the sweep's results are in MLflow either way; say why the board is missing
         console.print(f"[yellow]leaderboard not written: {exc}[/]")
+    if paths:
+        try:
+            storage.push(out_dir)  # on object storage, into the bucket beside Ray's results
+        except storage.StorageError as exc:
+            lost.append(exc)
     mlflow_store.finish_sweep_run(client, parent, {"spent_usd": spent}, [str(p) for p in paths], status)
     budget = f" of ${ledger.budget_usd:.2f}" if ledger is not None else ""  # the ledger counts the baseline
     console.print(f"spent ${spent:.4f}{budget}" + ("" if status == "finished" else f" (sweep {status})"))
@@ -99,5 +104,5 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
     experiment = mlflow_store.ensure_experiment(client, cfg.name)
     console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`, then open "
                   f"http://127.0.0.1:5000{mlflow_store.ui_path(experiment)}")
-    if lost:
+    if lost and sys.exc_info()[1] is None:  # else what is raising already says it (the first failure)
         raise lost[0]

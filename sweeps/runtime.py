@@ -16,6 +16,7 @@ from typing import Any
 from sweeps import storage
 
 STATE_FILE = "sweepboard.json"  # what `resume` needs to rebuild the sweep: config, budget, price, sweep id
+SWEEPBOARD_FILES = (STATE_FILE, "budget.json", "baseline", "leaderboard")  # ours, beside Ray's in the sweep folder
 
 
 def known_sweeps(folder: Path, uri: str | None = None) -> list[str]:
@@ -31,7 +32,7 @@ def open_sweep(uri: str, name: str) -> Path:
     store its mirror, with sweepboard's own files brought in from the bucket (Ray's trial folders stay
     there: Ray reads them itself)."""
     root = storage.sweep_folder(uri, name)
-    storage.pull(root, only=lambda rel: not rel.startswith("trial_"))
+    storage.pull(root, only=lambda rel: rel.split("/")[0] in SWEEPBOARD_FILES)
     return root
 
 
