@@ -209,8 +209,9 @@ def _after_outage(args: argparse.Namespace, uri: str) -> str:
             name = name or "NAME"
     from sweeps.mlflow_callback import sync_command
 
-    root = Path(storage or "runs/sweeps").resolve() / name
-    command = sync_command(name, uri, str(root))
+    where = storage or "runs/sweeps"
+    root = f"{where.rstrip('/')}/{name}" if "://" in where else str(Path(where).resolve() / name)
+    command = sync_command(name, uri, root)
     return (f"Nothing trained is lost: every result, metric and artifact is in Ray's storage ({root}).\n"
             f"Once the server answers again, copy them into MLflow with: {command}\n"
             f"If the sweep did not finish, continue it with `sweepboard resume {name}`.")

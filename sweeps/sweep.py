@@ -102,9 +102,11 @@ def _exists(name: str, root: Path) -> str:
     now = f"; it is running now ({driver_lock.describe(running)})" if running is not None else ""
     remote = storage.remote_of(root)
     place = remote[0].uri if remote is not None else root
+    again = f"`sweepboard resume {name} --storage {place}`" if remote is not None else \
+        f"`make resume NAME={name}` (sweepboard resume {name})"  # fmt: skip
     return (
-        f"sweep {name!r} already exists in {place}{now}: continue it with `make resume NAME={name}` "
-        f"(sweepboard resume {name}), or start a new one with another NAME; nothing is overwritten"
+        f"sweep {name!r} already exists in {place}{now}: continue it with {again}, "
+        "or start a new one with another NAME; nothing is overwritten"
     )
 
 

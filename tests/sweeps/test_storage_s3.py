@@ -23,7 +23,6 @@ from test_sweep_e2e import children, runs_of, smoke_config, sweep_env
 
 from tracking import names
 
-pytest.importorskip("moto.server")
 STORAGE = "s3://sweeps-bucket/team"
 PREFIX = "team"
 
