@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from sweeps import config as sweep_config
+from sweeps import storage
 from sweeps.runtime import git_commit
 from tracking import names
 
@@ -40,7 +41,9 @@ def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: An
             return float(run.data.metrics.get("cost_usd", 0.0))
     console.print("baseline: evaluating the base model without fine-tuning on the locked test set…")
     # Resolved here: a Ray worker may run in another working directory, or on another node.
-    out = Path(cfg.storage).resolve() / cfg.name / BASELINE_ID
+    root = storage.sweep_folder(cfg.storage, cfg.name, cfg.storage_endpoint)
+    out = root / BASELINE_ID
+    found = storage.remote_of(root)  # object storage: the task writes its folder through to the bucket
     need = cfg.resources["none"]
     # One torch thread per CPU Ray reserves, as for trials: more threads than cores spin against each other.
     threads = max(1, int(need.cpus))
@@ -54,7 +57,8 @@ def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: An
     mlflow_store.get_or_create_trial_run(client, experiment, parent, record.trial_id, identity, record.run_name,
                                          record.role, record.params, record.tags)  # fmt: skip
     try:
-        metrics = on_ray(settings, need.cpus, need.gpus)
+        metrics = on_ray(settings, need.cpus, need.gpus, found[0] if found else None)
+        storage.pull(root, BASELINE_ID)  # the task may have run on another node
     except KeyboardInterrupt:
         record.outcome = Outcome("interrupted", {}, None, False)
         reconcile(client, experiment, parent, record, identity)
@@ -69,7 +73,8 @@ def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: An
     return float(metrics["cost_usd"])
 
 
-def on_ray(settings: dict[str, Any], cpus: float, gpus: float) -> dict[str, Any]:
+def on_ray(settings: dict[str, Any], cpus: float, gpus: float,
+          remote: storage.Remote | None = None) -> dict[str, Any]:  # fmt: skip
     """run_trial(settings) in a Ray task holding `cpus` and `gpus`; its error is the trial's own, not Ray's
     wrapper (whose text carries the remote traceback, kept as the cause)."""
     import ray
@@ -80,7 +85,7 @@ def on_ray(settings: dict[str, Any], cpus: float, gpus: float) -> dict[str, Any]
     # retry after a lost worker would leave the first attempt unpaid; the sweep fails, and a resume reruns it.
     task = ray.remote(max_calls=1, max_retries=0)(evaluate)
     task = task.options(name=TASK_NAME, num_cpus=cpus, num_gpus=gpus)
-    ref = task.remote(settings)
+    ref = task.remote(settings, remote)
     try:
         metrics: dict[str, Any] = ray.get(ref)
         return metrics
@@ -96,9 +101,9 @@ def on_ray(settings: dict[str, Any], cpus: float, gpus: float) -> dict[str, Any]
         raise
 
 
-def evaluate(settings: dict[str, Any]) -> dict[str, Any]:
+def evaluate(settings: dict[str, Any], remote: storage.Remote | None = None) -> dict[str, Any]:
     """The task's body. What it prints also goes to the baseline folder's trial.log, as a trial's does: the
-    sweep runs Ray with log_to_driver off."""
+    sweep runs Ray with log_to_driver off. On object storage (`remote`) the folder then goes to the bucket."""
     import ray
 
     from sweeps.trainable import LOG_FILE, output_to
@@ -113,10 +118,13 @@ def evaluate(settings: dict[str, Any]) -> dict[str, Any]:
         print(f"sweepboard: baseline in Ray worker pid {os.getpid()} on {ray.util.get_node_ip_address()}, "
               f"holding {held}", flush=True)  # fmt: skip
         try:
-            return run_trial(settings)
+            metrics: dict[str, Any] = run_trial(settings)
         except Exception:
             traceback.print_exc()
             raise
+    if remote is not None:
+        storage.upload(remote, Path(settings["out"]), Path(settings["out"]).name)
+    return metrics
 
 
 def _warn_if_unplaceable(cpus: float, gpus: float) -> None:

@@ -8,6 +8,7 @@ and its log stay. A trial that errored keeps its checkpoint: Tune may retry it, 
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from ray.tune import Callback
 from sweeps.trainable import FINAL_FILES
 
 TRAINING_STATE = ("trainable.pt", "optim.pt", "shards")
+log = logging.getLogger(__name__)
 
 
 class DropUnfinishedState(Callback):
@@ -28,6 +30,25 @@ class DropUnfinishedState(Callback):
         if (work / FINAL_FILES[0]).is_file():
             return  # finished: the trial removed its own training state after writing its final model
         drop_training_state(work / "checkpoint")
+        if (trial.config or {}).get("sweepboard_remote") and trial.checkpoint is not None:
+            drop_stored_state(trial.checkpoint)  # on object storage, Ray's copy holds the whole state
+
+
+def drop_stored_state(checkpoint: Any) -> None:
+    """The training state in Ray's copy of a checkpoint (in the bucket on object storage); its state.json
+    stays. A store that does not answer keeps the files: that costs storage, not the sweep."""
+    import pyarrow.fs as pafs
+
+    for name in TRAINING_STATE:
+        path = f"{checkpoint.path}/{name}"
+        try:
+            kind = checkpoint.filesystem.get_file_info(path).type
+            if kind == pafs.FileType.Directory:
+                checkpoint.filesystem.delete_dir(path)
+            elif kind == pafs.FileType.File:
+                checkpoint.filesystem.delete_file(path)
+        except OSError as exc:
+            log.warning("could not delete %s of a stopped trial's checkpoint: %s", path, exc)
 
 
 def drop_training_state(checkpoint: Path) -> None:

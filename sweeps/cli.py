@@ -5,7 +5,8 @@ errors answer at once.
 
 Exit codes: 0 done; 2 bad input (named, with the fix); 3 the MLflow tracking server stopped answering:
 nothing trained is lost (it is in Ray's storage), and the message names the `sweepboard sync` to run
-once the server answers again; 130 interrupted.
+once the server answers again; 4 the object store (storage: s3://...) stopped taking writes: what it
+acknowledged is kept, and the message names the `sweepboard resume` to run once it answers; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_TRACKING_DOWN = 3
+EXIT_STORAGE_DOWN = 4
 # MLflow's HTTP client retries a request for about 4 minutes by default (7 retries, growing pauses).
 # tracking/mlflow_store.py retries transient errors itself, so a server that is gone shows in seconds.
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweepboard {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        lost = _storage_down(exc)
+        if lost is not None:
+            print(f"sweepboard {args.command}: error: {lost}", file=sys.stderr)
+            return EXIT_STORAGE_DOWN
         if not _tracking_down(exc):
             raise
         uri = str(getattr(exc, "uri", ""))
@@ -170,6 +176,17 @@ def _sync(args: argparse.Namespace) -> int:
     return sync(args.name, args.storage, args.tracking_uri)
 
 
+def _storage_down(exc: BaseException) -> BaseException | None:
+    """The object store's error behind `exc` (Tune may wrap what its callbacks raised), if there is one."""
+    storage = sys.modules.get("sweeps.storage")
+    seen: BaseException | None = exc
+    while storage is not None and seen is not None:
+        if isinstance(seen, storage.StorageError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _tracking_down(exc: BaseException) -> bool:
     conn = sys.modules.get("tracking.mlflow_conn")  # loaded by whatever raised it; no mlflow import here
     return conn is not None and isinstance(exc, conn.TrackingUnavailable)
@@ -192,8 +209,9 @@ def _after_outage(args: argparse.Namespace, uri: str) -> str:
             name = name or "NAME"
     from sweeps.mlflow_callback import sync_command
 
-    root = Path(storage or "runs/sweeps").resolve() / name
-    command = sync_command(name, uri, str(root))
+    where = storage or "runs/sweeps"
+    root = f"{where.rstrip('/')}/{name}" if "://" in where else str(Path(where).resolve() / name)
+    command = sync_command(name, uri, root)
     return (f"Nothing trained is lost: every result, metric and artifact is in Ray's storage ({root}).\n"
             f"Once the server answers again, copy them into MLflow with: {command}\n"
             f"If the sweep did not finish, continue it with `sweepboard resume {name}`.")

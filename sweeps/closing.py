@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from sweeps import config as sweep_config
+from sweeps import storage
 from sweeps.runtime import record_end
 from tracking import names
 
@@ -52,12 +54,21 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
     from tracking import mlflow_store
 
     status, grid, ledger = books["status"], books["grid"], books["ledger"]
-    record_end(root, status)  # first: if MLflow does not answer now, `sweepboard sync` ends the parent so
+    # An object store that stopped answering: the parent run is still ended, then its error is raised.
+    lost: list[storage.StorageError] = []
+    try:
+        record_end(root, status)  # first: if MLflow does not answer now, `sweepboard sync` ends the parent so
+    except storage.StorageError as exc:
+        lost.append(exc)
     # The one spent figure (Ray's storage: every trial that reported, pruned, failed and lost attempts
     # included, plus the baseline); the ledger file is made to agree, and `sync` reports the same.
     from sweeps.ledger import close_books
 
-    spent = close_books(root, ledger)
+    try:
+        spent = close_books(root, ledger)
+    except storage.StorageError as exc:
+        lost.append(exc)
+        spent = ledger.spent() if ledger is not None else 0.0
     out_dir = root / "leaderboard"
     paths: list[Path] = []
     try:
@@ -68,6 +79,11 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
         export(board.ranked, board.decision, "table", None, board.warnings)
     except Exception as exc:  # the sweep's results are in MLflow either way; say why the board is missing
         console.print(f"[yellow]leaderboard not written: {exc}[/]")
+    if paths:
+        try:
+            storage.push(out_dir)  # on object storage, into the bucket beside Ray's results
+        except storage.StorageError as exc:
+            lost.append(exc)
     mlflow_store.finish_sweep_run(client, parent, {"spent_usd": spent}, [str(p) for p in paths], status)
     budget = f" of ${ledger.budget_usd:.2f}" if ledger is not None else ""  # the ledger counts the baseline
     console.print(f"spent ${spent:.4f}{budget}" + ("" if status == "finished" else f" (sweep {status})"))
@@ -88,3 +104,5 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
     experiment = mlflow_store.ensure_experiment(client, cfg.name)
     console.print(f"MLflow: {uri} (experiment {cfg.name!r}); browse with `make ui`, then open "
                   f"http://127.0.0.1:5000{mlflow_store.ui_path(experiment)}")
+    if lost and sys.exc_info()[1] is None:  # else what is raising already says it (the first failure)
+        raise lost[0]

@@ -47,7 +47,8 @@ class SweepConfig:
     # Completed adapter (lora/qlora) configurations the method decision needs: proposals take an adapter
     # method and ASHA keeps adapter trials until there are this many (sweeps/search.py); 0 turns it off.
     min_adapter_configs: int = 3
-    storage: str = "runs/sweeps"  # Ray Tune's storage path (a shared path or bucket on a cluster)
+    storage: str = "runs/sweeps"  # a folder (shared on a cluster), or an object store URI: s3://bucket/prefix
+    storage_endpoint: str | None = None  # an S3-compatible endpoint URL; AWS_ENDPOINT_URL_S3 / _URL win
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     price_per_hour: float | None = None  # USD per trial-hour; overrides the price catalog
     gpu: str | None = None  # catalog key of the cluster's GPU, e.g. a100-80gb: prices a GPU-less driver's trials
@@ -182,13 +183,16 @@ def _check(cfg: SweepConfig) -> list[str]:
     p += _gpu_problems(cfg.gpu, s)
     for key, kinds, what in (
         ("space", (str,), "a built-in search space name (default, smoke) or the path of a YAML file"),
-        ("storage", (str,), "a folder path (or a bucket URI on a cluster), e.g. runs/sweeps"),
+        ("storage", (str,), "a folder path or an object store URI, e.g. runs/sweeps or s3://bucket/sweeps"),
+        ("storage_endpoint", (str, type(None)), "the URL of an S3-compatible endpoint, e.g. http://minio:9000"),
         ("tracking_uri", (str, type(None)), "an MLflow tracking URI, e.g. sqlite:///mlflow.db, or leave it out"),
         ("baseline", (bool,), "true or false"),
     ):
         value = getattr(cfg, key)
         if not isinstance(value, kinds) or (isinstance(value, str) and not value.strip()):
             p.append(f"{s}: {key}: {value!r}: give {what}")
+    if isinstance(cfg.storage, str) and cfg.storage.strip():
+        p += _storage_problems(cfg)
     if not isinstance(cfg.trial, dict):
         p.append(f"{s}: trial: {cfg.trial!r}: a mapping of trial settings (model, data, steps, ...)")
         cfg.trial = {}
@@ -202,6 +206,22 @@ def _check(cfg: SweepConfig) -> list[str]:
             p.append(f"{s}: resources.{method}.workers: {res.workers}: trial.batch_size {batch} does not split "
                      f"evenly over {res.workers} workers; make batch_size a multiple of workers")  # fmt: skip
     return p
+
+
+def _storage_problems(cfg: SweepConfig) -> list[str]:
+    from sweeps import storage
+
+    if not storage.is_remote(cfg.storage):
+        return []
+    many = sorted(m for m, r in cfg.resources.items() if r.workers > 1)
+    if many:  # their checkpoints live in the trial's folder, which only a shared folder gives every worker
+        return [f"{cfg.source}: resources.{many[0]}.workers: multi-worker trials need a storage folder every "
+                f"node sees, not object storage ({cfg.storage}) yet: give workers: 1, or a shared folder"]
+    try:
+        storage.filesystem(cfg.storage, cfg.storage_endpoint if isinstance(cfg.storage_endpoint, str) else None)
+    except Exception as exc:  # noqa: BLE001  named with the key and the fix
+        return [f"{cfg.source}: storage: {cfg.storage!r}: {exc}"]
+    return []
 
 
 def _gpu_problems(key: Any, source: str) -> list[str]:

@@ -13,6 +13,10 @@ names another host is refused while its heartbeat is fresh (touched within STALE
 itself succeeded, and taken over only once that host's driver has stopped touching it. The file's mtime
 is compared with this host's clock: hosts whose clocks disagree by more than STALE_S should not share a
 sweep folder.
+
+On an object store (storage: s3://...) the sweep's folder here is its node-local mirror (sweeps/storage.py):
+the flock there is held as before, and a lock object in the bucket (sweeps/remote_lock.py) stands for it
+between hosts.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from sweeps import remote_lock, storage
 
 LOCK_FILE = "driver.lock"
 HEARTBEAT_S = 10.0
@@ -53,6 +59,15 @@ def _hold(root: Path, command: str) -> Iterator[dict[str, Any]]:
     try:
         previous = acquire(file, path, root.name)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": _now()}
+        remote = _remote(root)
+        if remote is not None:
+            try:
+                previous = remote_lock.acquire(remote, record, lambda r, why: DriverBusy(refusal(root.name, r, why)),
+                                               STALE_S, _may_be_alive) or previous  # fmt: skip
+            except BaseException:
+                fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+                raise
+            remote_lock.heartbeat(remote, record, stop, HEARTBEAT_S)
         _write(file, record)
         if previous and not previous.get("ended"):
             print(f"sweepboard: taking over sweep {root.name!r} from a driver that is gone ({describe(previous)})",
@@ -64,6 +79,10 @@ def _hold(root: Path, command: str) -> Iterator[dict[str, Any]]:
         if record is not None:  # ended (done, Ctrl-C, a crash): only a killed driver leaves no end
             with contextlib.suppress(OSError):
                 _write(file, {**record, "ended": _now()})
+            remote = _remote(root)
+            if remote is not None:
+                with contextlib.suppress(OSError, remote_lock.StorageError):
+                    remote_lock.write(remote, {**record, "ended": _now()})
         file.close()  # releases the flock
 
 
@@ -89,6 +108,9 @@ def acquire(file: IO[str], path: Path, name: str) -> dict[str, Any] | None:
 def holder(root: Path) -> dict[str, Any] | None:
     """The record of the driver running the sweep at `root` now, or None when none is (the lock is free)."""
     path = Path(root) / LOCK_FILE
+    remote = _remote(Path(root))
+    if remote is not None and (found := remote_lock.holder(remote, STALE_S, _may_be_alive)) is not None:
+        return found
     if not path.is_file():
         return None
     with open(path, encoding="utf-8") as file:
@@ -143,6 +165,11 @@ def _may_be_alive(record: dict[str, Any]) -> bool:
     except (PermissionError, ValueError, TypeError):
         return True
     return True
+
+
+def _remote(root: Path) -> remote_lock.Remote | None:
+    found = storage.remote_of(root)
+    return found[0] if found is not None else None
 
 
 def _now() -> str:

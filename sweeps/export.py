@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.runtime import STATE_FILE, known_sweeps
+from sweeps.runtime import STATE_FILE, known_sweeps, open_sweep
+from sweeps.storage import is_remote, pull_final
 from trainers.config import TrialConfig
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -98,16 +99,20 @@ def prepare(name: str, run: str | None, merge: bool, out: Path, force: bool = Fa
             storage: str = "runs/sweeps", tracking_uri: str | None = None) -> Plan:  # fmt: skip
     from tracking import mlflow_conn
 
-    root = Path(storage).resolve() / name
+    root = open_sweep(storage, name)
     if not (root / STATE_FILE).is_file():
-        known = known_sweeps(root.parent)
-        raise ExportError(f"sweep {name!r}: no such sweep in {root.parent}; known sweeps: "
+        known = known_sweeps(root.parent, storage)
+        place = storage if is_remote(storage) else root.parent
+        raise ExportError(f"sweep {name!r}: no such sweep in {place}; known sweeps: "
                           f"{', '.join(known) or 'none'} (give --storage if it lives elsewhere)")  # fmt: skip
     sweep_cfg = _sweep_config(root)
     uri = mlflow_conn.tracking_uri(tracking_uri or sweep_cfg.tracking_uri)
     board = _board(name, root, uri, sweep_cfg.min_adapter_configs)
     row, recommended, reason = _choose(board, run, name, root, uri)
     work = root / f"trial_{row.get('trial_id')}" / "work"
+    if is_remote(storage):  # the bucket's final checkpoint: metrics, predictions, adapter or model
+        work = root / f"trial_{row.get('trial_id')}" / "final"
+        pull_final(root, f"trial_{row.get('trial_id')}", work)
     metrics = _model_metrics(row, work, board, name)
     method = str(metrics["method"])
     if merge and method == "full":

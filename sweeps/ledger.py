@@ -279,6 +279,11 @@ class BudgetLedger:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             json.dump(self.to_dict(), file, indent=1, sort_keys=True)
         os.replace(tmp, target)
+        # On object storage, through to the bucket: a write it does not take raises (StorageError), as
+        # the budget's record must not be lost silently; the mirror keeps the newer copy meanwhile.
+        from sweeps import storage
+
+        storage.push(target)
         self._saved_at = time.monotonic()
 
     @classmethod
@@ -332,6 +337,10 @@ def stored_trials(root: str | Path) -> dict[str, dict[str, Any]]:
     """Per trial id, {cost, carried} from the result.json Ray keeps in each trial folder (appended to by
     every attempt, also after a resume; a torn last line from a killed driver is skipped). Every trial
     folder counts, also one Ray's last experiment snapshot does not know (started just before a kill)."""
+    from sweeps import storage
+
+    # On object storage Ray keeps them in the bucket: the mirror gets the current ones first.
+    storage.pull(Path(root), only=lambda rel: rel.count("/") == 1 and rel.endswith("/result.json"))
     trials: dict[str, dict[str, Any]] = {}
     for results in sorted(Path(root).glob("*/result.json")):  # trial_ID/ here; Ray's own names elsewhere
         entry = {"cost": 0.0, "carried": 0.0, "step": 0.0}

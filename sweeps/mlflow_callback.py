@@ -86,7 +86,7 @@ class MLflowTrialLogger(Callback):
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended.discard(trial.trial_id)  # a trial restarted after an error or a resume runs again
         if self._storage is None and trial.path:
-            self._storage = str(Path(trial.path).parent)
+            self._storage = _sweep_folder(trial)
         self._write(trial, "run", lambda: self._run_of(trial))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
@@ -223,9 +223,19 @@ class MLflowTrialLogger(Callback):
             rec.reconcile(self._connect(), self._experiment_id, self.parent_run_id, record, self.sweep_id)
 
 
+def _sweep_folder(trial: Trial) -> str:
+    """The sweep's folder in Ray's storage: a path, or a URI (s3://bucket/prefix/NAME) on object storage."""
+    folder = str(Path(str(trial.path)).parent)
+    fs = getattr(getattr(trial, "storage", None), "storage_filesystem", None)
+    kind = getattr(fs, "type_name", "local")
+    return folder if kind == "local" else f"{kind}://{folder}"
+
+
 def sync_command(sweep_name: str, tracking_uri: str, storage: str | None = None) -> str:
     """The command that copies a sweep from Ray's storage into MLflow (sweeps/sync.py)."""
     command = f"sweepboard sync {sweep_name} --tracking-uri {tracking_uri}"
-    if storage and Path(storage).parent != Path("runs/sweeps").resolve():
+    if storage and "://" in storage:  # object storage: the URI the sweep's folder is in
+        command += f" --storage {storage.rsplit('/', 1)[0]}"
+    elif storage and Path(storage).parent != Path("runs/sweeps").resolve():
         command += f" --storage {Path(storage).parent}"
     return f"{command}   (or: MLFLOW_TRACKING_URI={tracking_uri} make sync NAME={sweep_name})"

@@ -13,12 +13,27 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sweeps import storage
+
 STATE_FILE = "sweepboard.json"  # what `resume` needs to rebuild the sweep: config, budget, price, sweep id
+SWEEPBOARD_FILES = (STATE_FILE, "budget.json", "baseline", "leaderboard")  # ours, beside Ray's in the sweep folder
 
 
-def known_sweeps(storage: Path) -> list[str]:
-    """The names of the sweeps in a storage folder (those with a state file), for "no such sweep" errors."""
-    return sorted(p.name for p in storage.glob("*") if (p / STATE_FILE).is_file())
+def known_sweeps(folder: Path, uri: str | None = None) -> list[str]:
+    """The names of the sweeps in a storage folder, or under an object store URI (those with a state
+    file), for "no such sweep" errors."""
+    if uri is not None and storage.is_remote(uri):
+        return storage.known_remote(uri, STATE_FILE)
+    return sorted(p.name for p in folder.glob("*") if (p / STATE_FILE).is_file())
+
+
+def open_sweep(uri: str, name: str) -> Path:
+    """The folder of an existing sweep `name` in storage `uri` for resume, sync and export: on an object
+    store its mirror, with sweepboard's own files brought in from the bucket (Ray's trial folders stay
+    there: Ray reads them itself)."""
+    root = storage.sweep_folder(uri, name)
+    storage.pull(root, only=lambda rel: rel.split("/")[0] in SWEEPBOARD_FILES)
+    return root
 
 
 def new_sweep_id() -> str:
@@ -34,6 +49,7 @@ def sweep_id(root: Path) -> str:
     if not state.get("sweep_id"):
         state["sweep_id"] = new_sweep_id()
         path.write_text(json.dumps(state, indent=2, default=str))
+        storage.push(path)
     return str(state["sweep_id"])
 
 
@@ -44,6 +60,7 @@ def record_end(root: Path, status: str) -> None:
     state = json.loads(path.read_text())
     state["ended"] = status
     path.write_text(json.dumps(state, indent=2, default=str))
+    storage.push(path)
 
 
 def git_commit() -> str:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import config as sweep_config
-from sweeps import driver_lock
+from sweeps import driver_lock, storage
 from sweeps.ledger import BudgetError, usd, validate_budget  # no Ray before the checks pass
-from sweeps.runtime import STATE_FILE, known_sweeps, new_sweep_id
+from sweeps.runtime import STATE_FILE, known_sweeps, new_sweep_id, open_sweep
 from trainers.config import ConfigError
 
 
@@ -27,8 +27,8 @@ def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
         space = _collect(problems, lambda: _load_space(cfg.space))
         quote = _collect(problems, lambda: _quote(cfg))
         _collect(problems, lambda: _check_tracking(cfg))
-        root = Path(cfg.storage).resolve() / cfg.name
-        if root.exists():
+        root = storage.sweep_folder(cfg.storage, cfg.name, cfg.storage_endpoint)
+        if _collect(problems, lambda: _taken(cfg, root)):
             problems.append(_exists(cfg.name, root))
         _check_task(cfg, space, problems)
         plans = _collect(problems, lambda: _plan(cfg, space)) if space is not None else None
@@ -39,28 +39,35 @@ def run(budget: Any, config: str | None, overrides: dict[str, Any]) -> int:
     if problems:
         raise ConfigError(problems)
     assert cfg is not None and budget_usd is not None and quote is not None and space is not None
-    try:
-        root.mkdir(parents=True)  # not exist_ok: of two `sweep`s of one name at once, exactly one creates it
-    except FileExistsError:
-        raise ConfigError([_exists(cfg.name, root)]) from None
+    if storage.is_remote(cfg.storage):
+        storage.fresh_mirror(root)  # a cache; the bucket's lock object keeps two drivers apart
+    else:
+        try:
+            root.mkdir(parents=True)  # not exist_ok: of two `sweep`s of one name at once, exactly one creates it
+        except FileExistsError:
+            raise ConfigError([_exists(cfg.name, root)]) from None
     with driver_lock.hold(root, f"sweep --name {cfg.name}"):  # before anything is spent
+        if storage.is_remote(cfg.storage) and _taken(cfg, root):
+            raise ConfigError([_exists(cfg.name, root)])  # another `sweep` of the name got there first
         state = {"config": asdict(cfg), "budget_usd": budget_usd, "space_source": space.source,
                  "sweep_id": new_sweep_id()}
         (root / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+        storage.push(root / STATE_FILE)
         from sweeps.tune_run import execute
 
         return execute(cfg, budget_usd, space, quote, root, resume=False, plans=plans)
 
 
-def resume(name: str, storage: str = "runs/sweeps") -> int:
-    root = Path(storage).resolve() / name
+def resume(name: str, where: str = "runs/sweeps") -> int:
+    root = open_sweep(where, name)
     state_file = root / STATE_FILE
     if not state_file.is_file():
-        known = known_sweeps(root.parent)
+        known = known_sweeps(root.parent, where)
+        place = where if storage.is_remote(where) else root
         raise ConfigError(
             [
-                f"sweep {name!r}: nothing to resume in {root}; known sweeps: {', '.join(known) or 'none'}; "
-                f"start it with `make sweep BUDGET=... NAME={name}`"
+                f"sweep {name!r}: nothing to resume in {place}; known sweeps: {', '.join(known) or 'none'}; "
+                f"start it with `make sweep BUDGET=... NAME={name}` (give --storage if it lives elsewhere)"
             ]
         )
     with driver_lock.hold(root, f"resume {name}"):  # one driver per sweep; refused before anything is spent
@@ -131,12 +138,23 @@ def first_trial_costs(cfg: sweep_config.SweepConfig, quote: Any, plans: dict[str
             for m in plans if m != "none"}  # fmt: skip
 
 
+def _taken(cfg: sweep_config.SweepConfig, root: Path) -> bool:
+    """Whether sweep cfg.name exists already: its folder, or its state file in the bucket."""
+    if storage.is_remote(cfg.storage):
+        return storage.exists(cfg.storage, cfg.name, STATE_FILE, cfg.storage_endpoint)
+    return root.exists()
+
+
 def _exists(name: str, root: Path) -> str:
     running = driver_lock.holder(root)
     now = f"; it is running now ({driver_lock.describe(running)})" if running is not None else ""
+    remote = storage.remote_of(root)
+    place = remote[0].uri if remote is not None else root
+    again = f"`sweepboard resume {name} --storage {place}`" if remote is not None else \
+        f"`make resume NAME={name}` (sweepboard resume {name})"  # fmt: skip
     return (
-        f"sweep {name!r} already exists in {root}{now}: continue it with `make resume NAME={name}` "
-        f"(sweepboard resume {name}), or start a new one with another NAME; nothing is overwritten"
+        f"sweep {name!r} already exists in {place}{now}: continue it with {again}, "
+        "or start a new one with another NAME; nothing is overwritten"
     )
 
 
@@ -176,7 +194,7 @@ def _collect(problems: list[str], check: Any) -> Any:
         return check()
     except ConfigError as exc:
         problems.extend(exc.problems)
-    except (BudgetError, ValueError) as exc:
+    except (BudgetError, ValueError, storage.StorageError) as exc:
         problems.extend(getattr(exc, "problems", None) or [str(exc)])  # a search space lists its own
     return None
 

@@ -23,27 +23,32 @@ from mlflow.tracking import MlflowClient
 from sweeps import driver_lock
 from sweeps import reconcile as rec
 from sweeps.ledger import sweep_spent
-from sweeps.runtime import STATE_FILE, known_sweeps, sweep_id
+from sweeps.runtime import STATE_FILE, known_sweeps, open_sweep, sweep_id
+from sweeps.storage import is_remote, pull, push
 from tracking import mlflow_conn as conn
 from tracking import mlflow_store as store
 from tracking.names import ARTIFACT_METRICS, TAG_GIT_COMMIT, TAG_STATUS
 from trainers.config import ConfigError
 
+TRAINING_STATE = ("trainable.pt", "optim.pt")  # sweeps/cleanup.py's; no Ray imported for it here
 BASELINE_ID = "baseline"  # the baseline's folder in the sweep's, and the end of its trial id
 
 
 def sync(name: str, storage: str = "runs/sweeps", tracking_uri: str | None = None) -> int:
     """Bring sweep `name`'s MLflow experiment up to date with its folder in `storage`; print what changed."""
-    root = Path(storage).resolve() / name
+    root = open_sweep(storage, name)
     state_file = root / STATE_FILE
     if not state_file.is_file():
-        known = known_sweeps(root.parent)
-        raise ConfigError([f"sweep {name!r}: nothing to sync in {root}; known sweeps: "
+        known = known_sweeps(root.parent, storage)
+        raise ConfigError([f"sweep {name!r}: nothing to sync in {storage if is_remote(storage) else root}; known sweeps: "
                            f"{', '.join(known) or 'none'} (give --storage if the sweep lives elsewhere)"])
     running = driver_lock.holder(root)
     if running is not None:  # one writer: while a driver runs, it is the one writing the sweep into MLflow
         raise ConfigError([f"sweep {name!r} is running now ({driver_lock.describe(running)}); its driver "
                            "writes MLflow: run sync once it has ended"])
+    # Object storage: Ray's trial folders come into the mirror too, without training state (only the
+    # final files are logged), so Ray's experiment state is read from there as from a folder.
+    pull(root, only=lambda rel: rel.rsplit("/", 1)[-1] not in TRAINING_STATE)
     state = json.loads(state_file.read_text())
     uri = conn.tracking_uri(tracking_uri or state["config"].get("tracking_uri"))
     conn.check_reachable(uri)
@@ -135,6 +140,8 @@ def sync_parent(client: MlflowClient, parent_id: str, spent: float, children_cha
     has_board = any(name.startswith("leaderboard.") for name in store.artifact_names(client, parent_id))
     stale = children_changed or changed or not has_board
     paths = write_board(sweep, uri, root / "leaderboard", _min_adapter_configs(root)) if stale else []
+    if paths:
+        push(root / "leaderboard")
     status = json.loads((root / STATE_FILE).read_text()).get("ended") or "interrupted"
     if paths or run.info.status != store.mlflow_status(status) or run.data.tags.get(TAG_STATUS) != status:
         store.finish_sweep_run(client, parent_id, {}, paths, status)

@@ -27,6 +27,7 @@ from trainers import faults, run_trial
 SEARCHED = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
 FINAL_FILES = ("metrics.json", "test_predictions.jsonl")  # metrics.json first: it marks a finished trial
 ADAPTER = "adapter"
+MODEL = "model"  # full fine-tuning's final model, in the trial's work/ folder
 LOG_FILE = "trial.log"  # in the trial's folder: what it printed, over all its attempts
 
 
@@ -64,6 +65,7 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
 
     sweep = config["sweepboard_sweep"]
     settings = trial_config(config, config["sweepboard_trial"])
+    remote = bool(config.get("sweepboard_remote"))  # object storage: checkpoints carry the whole state
     restored = tune.get_checkpoint()
     # A trial that had finished its test evaluation keeps no training checkpoint: nothing to restore.
     if restored is not None and not (out / FINAL_FILES[0]).is_file():
@@ -75,6 +77,8 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
             source = Path(path) / "checkpoint" if (Path(path) / "checkpoint").is_dir() else Path(path)
             if (source / FINAL_FILES[0]).is_file():
                 _copy_final(source, out)  # a final checkpoint from another node: the trial's result
+                if (source / MODEL).is_dir() and not (out / MODEL).is_dir():
+                    shutil.copytree(source / MODEL, out / MODEL)
             elif _step(source) > _step(out / "checkpoint") and _has_weights(source):
                 shutil.rmtree(out / "checkpoint", ignore_errors=True)
                 shutil.copytree(source, out / "checkpoint")
@@ -82,7 +86,7 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
         # The trial had finished its test evaluation (the driver died before Tune recorded its end): its
         # training checkpoint is gone by then, and its result is final, so report that result again.
         print("sweepboard: the trial had finished; reporting its result again", flush=True)
-        _report_final(out, json.loads((out / FINAL_FILES[0]).read_text()))
+        _report_final(out, json.loads((out / FINAL_FILES[0]).read_text()), with_model=remote)
         return
     # Where this attempt starts: the time and steps of the checkpoint it continues from.
     attempt["prior_seconds"], attempt["prior_step"] = _elapsed(out / "checkpoint"), _step(out / "checkpoint")
@@ -97,6 +101,10 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
         attempt["last"] = metrics
         if checkpoint_dir is None:
             tune.report(metrics)
+        elif remote:
+            # Object storage: no folder every node sees, so Ray's copy (uploaded to the bucket during the
+            # report) is the whole training state, and a restored trial on any node continues from it.
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
         else:
             with _pointer(Path(checkpoint_dir)) as pointer:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(pointer)))
@@ -112,19 +120,22 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
     if metrics["steps_done"] == metrics["steps"]:
         # A drill at step steps + 1: a worker lost after the test evaluation, before the final report.
         faults.inject(int(metrics["steps"]) + 1, str(metrics["method"]), out)
-    _report_final(out, metrics)
+    _report_final(out, metrics, with_model=remote)
 
 
-def _report_final(out: Path, metrics: dict[str, Any]) -> None:
+def _report_final(out: Path, metrics: dict[str, Any], with_model: bool = False) -> None:
     """The final report's checkpoint carries what MLflow logs as artifacts (metrics, per-example test
     scores, the adapter), not the training state: run_trial deleted that, and a restore after this point
     reports this result again instead of training. Ray copies the folder into its storage during the
     report, so the staging copy is removed after it; with num_to_keep=1 Ray then drops the trial's last
     training checkpoint, and a finished trial keeps no optimizer state. A full fine-tuning model stays in
-    `out/model` only (written once; MLflow does not log it)."""
+    `out/model` only (written once; MLflow does not log it), except on object storage (`with_model`),
+    where the bucket is the only place every node (and `export`) reads: there it travels in the checkpoint."""
     final = Path(tempfile.mkdtemp(prefix="final-", dir=out))
     try:
         _copy_final(out, final)
+        if with_model and (out / MODEL).is_dir():
+            shutil.copytree(out / MODEL, final / MODEL)
         tune.report({**_numeric_or_text(metrics), "phase": "final", "step": metrics["steps_done"]},
                     checkpoint=tune.Checkpoint.from_directory(str(final)))  # fmt: skip
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sweeps import closing
+from sweeps import closing, storage
 from sweeps import config as sweep_config
 from sweeps.runtime import git_commit, ray_init, sweep_id
 from tracking import names
@@ -109,9 +109,11 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
         DropUnfinishedState(),  # a pruned trial's weights and optimizer state
         Calibrate(cfg, identity),  # each finished trial's measured seconds over its plan, for the next plan
     ]
+    storage_path, storage_filesystem = storage.storage_fs(cfg.storage, cfg.storage_endpoint)
     run_config = tune.RunConfig(
         name=cfg.name,
-        storage_path=str(root.parent),
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,  # None on a folder; pyarrow's S3 (sweeps/storage.py) on a bucket
         stop=BudgetStopper(ledger, cfg.name),
         callbacks=callbacks,
         # Only a trial's newest checkpoint: a resume continues from it (or from the trial's work/ folder),
@@ -120,11 +122,13 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
         failure_config=tune.FailureConfig(max_failures=1),  # a lost worker retries from its last checkpoint
         verbose=0,
     )
-    tuner_dir = root  # Ray writes its experiment state next to ours, under storage/name
-    if resume and tune.Tuner.can_restore(str(tuner_dir)):
+    # Ray writes its experiment state next to ours, under storage/name (in the bucket on object storage)
+    tuner_dir = f"{storage_path}/{cfg.name}"
+    if resume and tune.Tuner.can_restore(tuner_dir, storage_filesystem=storage_filesystem):
         tuner = tune.Tuner.restore(
-            str(tuner_dir),
+            tuner_dir,
             trainable_with_resources,
+            storage_filesystem=storage_filesystem,
             resume_unfinished=True,
             resume_errored=True,
             param_space=param_space(cfg, base, prices),
@@ -204,8 +208,11 @@ def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any],
     """`prices`: USD per hour per method, what the driver charges for the resources Ray reserves; each
     trial gets its method's as price_per_hour, so its own cost_usd is the one the budget counts."""
     price = {"price_per_hour": cfg.price_per_hour} if cfg.price_per_hour else {}
-    root = str(Path(cfg.storage).resolve() / cfg.name)
+    # On object storage the root is the node-local mirror: trials keep their working files there and their
+    # checkpoints carry the whole training state into the bucket (sweeps/trainable.py).
+    root = str(storage.sweep_folder(cfg.storage, cfg.name, cfg.storage_endpoint))
     return {"sweepboard_sweep": cfg.name, "sweepboard_root": root, "sweepboard_trial": {**base, **price},
+            "sweepboard_remote": storage.is_remote(cfg.storage),
             "sweepboard_prices": dict(prices or {}),
             "sweepboard_workers": {m: dataclasses.asdict(r) for m, r in cfg.resources.items() if r.workers > 1}}  # fmt: skip
 

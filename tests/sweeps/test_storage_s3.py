@@ -1,0 +1,158 @@
+"""Sweeps on object storage: `storage: s3://bucket/prefix` against a real S3-compatible server (moto's server
+mode on 127.0.0.1, tests/sweeps/s3_server.py), through the CLI as a user runs them, with real Ray Tune,
+MLflow (SQLite) and the tiny model. The sweep's node-local mirror is kept in the test's folder
+(SWEEPBOARD_MIRROR) and deleted before sync and export, so what they read comes from the bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from s3_server import S3Server
+from test_sweep_e2e import children, runs_of, smoke_config, sweep_env
+
+from tracking import names
+
+STORAGE = "s3://sweeps-bucket/team"
+PREFIX = "team"
+
+
+@pytest.fixture
+def s3() -> Iterator[S3Server]:
+    server = S3Server()
+    server.start()
+    server.create_bucket()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def env_of(tmp_path: Path, s3: S3Server) -> dict[str, str]:
+    return {**sweep_env(tmp_path), **s3.env, "SWEEPBOARD_MIRROR": str(tmp_path / "mirror")}
+
+
+def cli(tmp_path: Path, s3: S3Server, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=tmp_path, env=env_of(tmp_path, s3),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def start(tmp_path: Path, s3: S3Server, cfg: Path) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "--budget", "5", "--config", str(cfg)]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env_of(tmp_path, s3), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+
+
+def wait_for(ready: Any, proc: subprocess.Popen[str], timeout_s: float = 300) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (found := ready()):
+        assert proc.poll() is None, f"the driver ended early (exit {proc.returncode}): {proc.stdout.read()[-3000:]}"  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the sweep made no progress"
+        time.sleep(0.3)
+    return found
+
+
+def training_checkpoints(s3: S3Server, sweep: str) -> list[str]:
+    """Checkpoint objects in the bucket that hold a trial's weights (the whole training state)."""
+    return [k for k in s3.keys(f"{PREFIX}/{sweep}/") if "/checkpoint_" in k and k.endswith("/trainable.pt")]
+
+
+def trial_ids_in_bucket(s3: S3Server, sweep: str) -> set[str]:
+    keys = s3.keys(f"{PREFIX}/{sweep}/trial_")
+    return {k.split("/")[2].removeprefix("trial_") for k in keys if k.endswith("/result.json")}
+
+
+def bucket_json(s3: S3Server, sweep: str, rel: str) -> Any:
+    return json.loads(s3.read(f"{PREFIX}/{sweep}/{rel}"))
+
+
+@pytest.mark.slow
+def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(tmp_path: Path, s3: S3Server) -> None:
+    cfg = smoke_config(tmp_path, "ons3", storage=STORAGE, max_trials=2, concurrency=1, grace_period=4,
+                       trial={"steps": 8})  # fmt: skip
+    proc = start(tmp_path, s3, cfg)
+    try:
+        # Killed once a trial's checkpoint in the bucket holds its weights: the state a resume continues from.
+        carried = wait_for(lambda: training_checkpoints(s3, "ons3"), proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-trial
+        proc.wait()
+    assert any(k.endswith("/optim.pt") for k in s3.keys(f"{PREFIX}/ons3/")), carried
+
+    resumed = cli(tmp_path, s3, "resume", "ons3", "--storage", STORAGE)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"taking over sweep 'ons3' from a driver that is gone (pid {proc.pid}" in resumed.stderr
+
+    assert not (tmp_path / "runs").exists(), "the sweep wrote under a local runs/"
+    trials = trial_ids_in_bucket(s3, "ons3")
+    assert len(trials) == 2
+    kids = children(runs_of(tmp_path, "ons3"))
+    trial_runs = [r for r in kids if r.data.tags[names.TAG_ROLE] == "trial"]
+    assert sorted(r.data.tags[names.TAG_TRIAL_ID] for r in trial_runs) == sorted(trials)  # one run per trial
+    assert all(r.data.tags[names.TAG_STATUS] == "finished" for r in trial_runs)
+    # sweepboard's own files are in the bucket, and the bucket's ledger is the sweep's one spent figure.
+    state = bucket_json(s3, "ons3", "sweepboard.json")
+    assert state["ended"] == "finished"
+    assert bucket_json(s3, "ons3", "baseline/metrics.json")["method"] == "none"
+    parent = next(r for r in runs_of(tmp_path, "ons3") if r.data.tags.get(names.TAG_ROLE) == "sweep")
+    ledger = bucket_json(s3, "ons3", "budget.json")
+    assert ledger["spent_usd"] == pytest.approx(parent.data.metrics["spent_usd"], rel=1e-9)
+    board = bucket_json(s3, "ons3", "leaderboard/leaderboard.json")
+    assert {row["trial_id"] for row in board["rows"] if row.get("role") == "trial"} == trials
+    # A finished trial keeps its final files in the bucket, and no training state.
+    finals = [k for k in s3.keys(f"{PREFIX}/ons3/trial_") if k.endswith("/metrics.json")]
+    assert len(finals) == 2 and not training_checkpoints(s3, "ons3")
+
+    shutil.rmtree(tmp_path / "mirror")  # from here on, only the bucket has the sweep
+    synced = cli(tmp_path, s3, "sync", "ons3", "--storage", STORAGE)
+    assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
+    assert "0 created" in synced.stdout, synced.stdout
+    run = trial_runs[0]
+    out = tmp_path / "export"
+    shipped = cli(tmp_path, s3, "export", "ons3", "--run", run.info.run_id, "--storage", STORAGE, "--out", str(out))
+    assert shipped.returncode == 0, shipped.stdout[-3000:] + shipped.stderr[-3000:]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_store_stopped_mid_sweep_is_a_clear_error_and_keeps_what_it_acknowledged(
+    tmp_path: Path, s3: S3Server
+) -> None:
+    cfg = smoke_config(tmp_path, "outage", storage=STORAGE, max_trials=1, concurrency=1, baseline=False,
+                       grace_period=4, trial={"steps": 12})  # fmt: skip
+    proc = start(tmp_path, s3, cfg)
+    try:
+        wait_for(lambda: training_checkpoints(s3, "outage"), proc)
+        acknowledged = bucket_json(s3, "outage", "budget.json")
+        s3.stop()
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (tmp_path / "outage.log").write_text(output)
+    assert proc.returncode == 4, output[-3000:]  # sweeps/cli.py EXIT_STORAGE_DOWN
+    assert "object storage: could not write" in output and STORAGE in output, output[-3000:]
+    assert f"sweepboard resume outage --storage {STORAGE}" in output
+
+    s3.start()  # the same server again: what it had acknowledged is there, and the sweep goes on from it
+    kept = bucket_json(s3, "outage", "budget.json")
+    for trial_id, entry in acknowledged["trials"].items():
+        assert kept["trials"][trial_id]["cost"] + kept["trials"][trial_id]["carried"] >= entry["cost"] + entry["carried"]
+    resumed = cli(tmp_path, s3, "resume", "outage", "--storage", STORAGE)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trial_runs = [r for r in children(runs_of(tmp_path, "outage")) if r.data.tags[names.TAG_ROLE] == "trial"]
+    assert [r.data.tags[names.TAG_TRIAL_ID] for r in trial_runs] == sorted(trial_ids_in_bucket(s3, "outage"))
+    assert trial_runs[0].data.tags[names.TAG_STATUS] == "finished"
+    final = bucket_json(s3, "outage", "budget.json")
+    assert final["spent_usd"] >= acknowledged["spent_usd"]
