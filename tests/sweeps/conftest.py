@@ -1,5 +1,5 @@
-"""Fixtures shared by the sweep tests: a tracking server (on SQLite, or on PostgreSQL), and a Ray for the tests
-that run Ray itself."""
+"""Fixtures shared by the sweep tests: a tracking server (on SQLite, or on PostgreSQL), and a Ray for the
+tests that run Ray itself."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from mlflow_server import MlflowServer
-from postgres import Postgres, running_postgres
+from pg_cluster import Postgres, running_postgres
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,7 +49,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres
     try:
         yield running
     finally:
-        running.kill(signal.SIGTERM)
+        running.kill()  # SIGKILL: the database keeps what was committed, and it is thrown away next
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """A real `mlflow server` process for tests about the tracking server: SQLite behind it, so it can be killed
-(an outage) and started again on the same store, or a PostgreSQL database (tests/sweeps/postgres.py). Each
+(an outage) and started again on the same store, or a PostgreSQL database (tests/sweeps/pg_cluster.py). Each
 start takes a port the OS picks then, so a restarted server never re-binds a port it released (someone else
 may hold it by then); only a test about a server coming back at its own address asks for the same port, and a
 collision there fails the start loudly."""

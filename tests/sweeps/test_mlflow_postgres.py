@@ -1,5 +1,5 @@
 """MLflow on a PostgreSQL server, as teams run it: `mlflow server` on a database of its own (a throwaway
-cluster, tests/sweeps/postgres.py) with the artifacts proxied by the server. A smoke sweep of two concurrent
+cluster, tests/sweeps/pg_cluster.py) with the artifacts proxied by the server. A smoke sweep of two concurrent
 trials through it, its driver killed with SIGKILL mid-sweep and resumed; and concurrent metric batches to one
 run, the pattern behind MLflow's PostgreSQL deadlock (mlflow issue 24923).
 
@@ -21,7 +21,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer
-from postgres import Postgres
+from pg_cluster import Postgres
 from test_faults import board_rows, parent_of, sweep_root, trial_runs
 from test_mlflow_outage import cli_env, runs_of
 from test_sweep_e2e import results_of, smoke_config, wait_until
@@ -47,13 +47,15 @@ def test_a_killed_sweep_resumed_through_mlflow_on_postgres_has_one_run_per_trial
     root = sweep_root(tmp_path, "pg")
     try:
         # Mid-sweep: two trials at once (concurrency 2), one of them past its first training report.
-        wait_until(lambda: len(results_of(root)) == 2
-                   and any(r.get("phase") == "train" for rs in results_of(root).values() for r in rs), proc)  # fmt: skip
+        wait_until(lambda: len(results_of(root)) == 2 and any(r.get("phase") == "train"
+                                                              for rs in results_of(root).values() for r in rs),
+                   proc)  # fmt: skip
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, no chance to clean up
         proc.wait()
     before = results_of(root)
-    assert any(all(r.get("phase") != "final" for r in rs) for rs in before.values()), "nothing was interrupted"
+    interrupted = [t for t, rs in before.items() if all(r.get("phase") != "final" for r in rs)]
+    assert interrupted, "the driver was killed after the trials ended"
 
     done = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", "pg"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
@@ -82,7 +84,8 @@ def test_a_killed_sweep_resumed_through_mlflow_on_postgres_has_one_run_per_trial
     rows = board_rows(tmp_path, "pg")
     assert sorted(r["trial_id"] for r in rows) == sorted(r.data.tags[names.TAG_TRIAL_ID] for r in kids)
     assert any(r["status"] == "finished" and r["test_quality"] is not None for r in rows)
-    assert {"leaderboard.csv", "leaderboard.html"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    board_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"leaderboard.csv", "leaderboard.html"} <= board_files
     stored = {p.name for p in (server.folder / "artifacts").rglob("*") if p.is_file()}
     assert {"leaderboard.csv", "metrics.json", "test_predictions.jsonl"} <= stored
     assert runs_in_database(str(server.backend_uri), "pg") == len(runs)  # they are in PostgreSQL itself
@@ -106,8 +109,8 @@ def runs_in_database(backend_uri: str, experiment: str) -> int:
     connection = psycopg2.connect(backend_uri.replace("postgresql+psycopg2://", "postgresql://"))
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM runs JOIN experiments USING (experiment_id) WHERE experiments.name = %s",
-                           (experiment,))  # fmt: skip
+            cursor.execute("SELECT count(*) FROM runs JOIN experiments USING (experiment_id)"
+                           " WHERE experiments.name = %s", (experiment,))  # fmt: skip
             return int(cursor.fetchone()[0])
     finally:
         connection.close()

@@ -73,11 +73,12 @@ class Postgres:
     port: int
     log: Path  # the server's log: errors such as "deadlock detected" are written there
 
-    def connect(self, database: str = "postgres", user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> Any:
+    def connect(self) -> Any:
+        """A psycopg2 connection as the superuser, to the maintenance database."""
         import psycopg2
 
-        connection = psycopg2.connect(host="127.0.0.1", port=self.port, dbname=database, user=user,
-                                      password=password)  # fmt: skip
+        connection = psycopg2.connect(host="127.0.0.1", port=self.port, dbname="postgres", user=SUPERUSER,
+                                      password=SUPERUSER_PASSWORD)  # fmt: skip
         connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
         return connection
 
@@ -106,19 +107,22 @@ def running_postgres() -> Iterator[Postgres]:
     if as_user is not None:
         os.chown(folder, as_user.pw_uid, as_user.pw_gid)
         os.chown(password_file, as_user.pw_uid, as_user.pw_gid)
-    port = free_port()
-    # Password (scram) over TCP, as MLflow connects; the unix socket only in the cluster's own folder, so
-    # no system cluster's /var/run/postgresql is touched.
-    _run(as_user, [str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, f"--pwfile={password_file}",
-                   "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync"], log)  # fmt: skip
-    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder} -c fsync=off"
-    _run(as_user, [str(bin_dir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(log),
-                   "-o", options], log)  # fmt: skip
+    port, started = free_port(), False
     try:
+        # Password (scram) over TCP, as MLflow connects; the unix socket only in the cluster's own folder, so
+        # no system cluster's /var/run/postgresql is touched.
+        _run(as_user, [str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, f"--pwfile={password_file}",
+                       "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync"],
+             log)  # fmt: skip
+        options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder} -c fsync=off"
+        _run(as_user, [str(bin_dir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(log),
+                       "-o", options], log)  # fmt: skip
+        started = True
         yield Postgres(port, log)
     finally:
-        subprocess.run(_as(as_user, [str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"]),
-                       capture_output=True, timeout=60)  # fmt: skip
+        if started:
+            subprocess.run(_as(as_user, [str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"]),
+                           capture_output=True, timeout=60)  # fmt: skip
         shutil.rmtree(folder, ignore_errors=True)
 
 
