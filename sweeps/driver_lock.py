@@ -58,16 +58,17 @@ def _hold(root: Path, command: str) -> Iterator[dict[str, Any]]:
     record: dict[str, Any] | None = None
     try:
         previous = acquire(file, path, root.name)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": _now()}
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": _now()}
         remote = _remote(root)
-        if remote is not None:
+        if remote is not None:  # refused: the holder's lock object and this file are left as they are
             try:
-                previous = remote_lock.acquire(remote, record, lambda r, why: DriverBusy(refusal(root.name, r, why)),
+                previous = remote_lock.acquire(remote, mine, lambda r, why: DriverBusy(refusal(root.name, r, why)),
                                                STALE_S, _may_be_alive) or previous  # fmt: skip
             except BaseException:
                 fcntl.flock(file.fileno(), fcntl.LOCK_UN)
                 raise
-            remote_lock.heartbeat(remote, record, stop, HEARTBEAT_S)
+            remote_lock.heartbeat(remote, mine, stop, HEARTBEAT_S)
+        record = mine
         _write(file, record)
         if previous and not previous.get("ended"):
             print(f"sweepboard: taking over sweep {root.name!r} from a driver that is gone ({describe(previous)})",

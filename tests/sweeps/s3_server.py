@@ -9,7 +9,8 @@ import socket
 import time
 from typing import Any
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
 
 
 def free_port() -> int:
@@ -62,7 +63,8 @@ class S3Server:
 
     def keys(self, prefix: str = "") -> list[str]:
         found: list[str] = []
-        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        for page in pages:
             found += [item["Key"] for item in page.get("Contents", [])]
         return sorted(found)
 

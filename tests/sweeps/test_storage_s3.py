@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,7 +57,9 @@ def start(tmp_path: Path, s3: S3Server, cfg: Path) -> subprocess.Popen[str]:
 def wait_for(ready: Any, proc: subprocess.Popen[str], timeout_s: float = 300) -> Any:
     deadline = time.monotonic() + timeout_s
     while not (found := ready()):
-        assert proc.poll() is None, f"the driver ended early (exit {proc.returncode}): {proc.stdout.read()[-3000:]}"  # type: ignore[union-attr]
+        if proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the driver ended early (exit {proc.returncode}): {output[-3000:]}")
         assert time.monotonic() < deadline, "the sweep made no progress"
         time.sleep(0.3)
     return found
@@ -76,8 +79,65 @@ def bucket_json(s3: S3Server, sweep: str, rel: str) -> Any:
     return json.loads(s3.read(f"{PREFIX}/{sweep}/{rel}"))
 
 
+def test_the_lock_object_refuses_a_live_driver_and_takes_over_a_dead_one(
+    tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sweeps import driver_lock, storage
+
+    for key, value in {**s3.env, "SWEEPBOARD_MIRROR": str(tmp_path / "mirror")}.items():
+        monkeypatch.setenv(key, value)
+    root = storage.sweep_folder(STORAGE, "locked")
+    remote = storage.Remote(STORAGE, "locked", s3.url)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live driver of this host (a pid that runs) whose heartbeat is fresh: refused
+        driver_lock.remote_lock.write(remote, {"pid": other.pid, "host": socket.gethostname(), "command": "x"})
+        with pytest.raises(driver_lock.DriverBusy, match=f"pid {other.pid} on host"), \
+                driver_lock.hold(root, "resume locked"):  # fmt: skip
+            pass
+        assert driver_lock.holder(root)["pid"] == other.pid  # type: ignore[index]
+    finally:
+        other.kill()
+        other.wait()
+    # Its pid is gone now (a kill -9): the next driver takes over at once, and its end is recorded.
+    with driver_lock.hold(root, "resume locked") as record:
+        assert json.loads(s3.read(f"{PREFIX}/locked/driver.lock"))["pid"] == record["pid"] == os.getpid()
+    assert json.loads(s3.read(f"{PREFIX}/locked/driver.lock"))["ended"]
+    assert driver_lock.holder(root) is None
+
+
+def test_a_stopped_trials_weights_are_deleted_from_the_bucket_and_its_state_json_kept(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray.tune import Checkpoint
+
+    from sweeps.cleanup import drop_stored_state
+    from sweeps.storage import filesystem
+
+    for name in ("state.json", "trainable.pt", "optim.pt"):
+        s3.client().put_object(Bucket=s3.bucket, Key=f"{PREFIX}/x/trial_1/checkpoint_000001/{name}", Body=b"1")
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    fs, _ = filesystem(STORAGE)
+    drop_stored_state(Checkpoint(f"{s3.bucket}/{PREFIX}/x/trial_1/checkpoint_000001", filesystem=fs))
+    objects = [k for k in s3.keys(f"{PREFIX}/x/") if not k.endswith("/")]  # pyarrow keeps folder markers
+    assert objects == [f"{PREFIX}/x/trial_1/checkpoint_000001/state.json"]
+
+
+def test_object_storage_refuses_what_it_cannot_do_yet(tmp_path: Path) -> None:
+    from sweeps import config as sweep_config
+    from trainers.config import ConfigError
+
+    raw = {"storage": STORAGE, "resources": {"full": {"cpus": 1, "workers": 2}}, "trial": {"batch_size": 4}}
+    with pytest.raises(ConfigError, match="resources.full.workers: multi-worker trials need a storage folder"):
+        sweep_config.build(raw, "cfg.yaml")
+    with pytest.raises(ConfigError, match="storage: 'nosuch://b/p': no filesystem for this URI"):
+        sweep_config.build({"storage": "nosuch://b/p"}, "cfg.yaml")
+
+
 @pytest.mark.slow
-def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(tmp_path: Path, s3: S3Server) -> None:
+def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(
+    tmp_path: Path, s3: S3Server
+) -> None:
     cfg = smoke_config(tmp_path, "ons3", storage=STORAGE, max_trials=2, concurrency=1, grace_period=4,
                        trial={"steps": 8})  # fmt: skip
     proc = start(tmp_path, s3, cfg)
@@ -119,8 +179,10 @@ def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(tmp
     assert "0 created" in synced.stdout, synced.stdout
     run = trial_runs[0]
     out = tmp_path / "export"
-    shipped = cli(tmp_path, s3, "export", "ons3", "--run", run.info.run_id, "--storage", STORAGE, "--out", str(out))
+    shipped = cli(tmp_path, s3, "export", "ons3", "--run", run.info.run_id, "--storage", STORAGE,
+                  "--out", str(out))  # fmt: skip
     assert shipped.returncode == 0, shipped.stdout[-3000:] + shipped.stderr[-3000:]
+    assert "building the leaderboard from MLflow" not in shipped.stdout  # the bucket's leaderboard.json
     assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
     assert not (tmp_path / "runs").exists()
 
@@ -148,7 +210,8 @@ def test_the_store_stopped_mid_sweep_is_a_clear_error_and_keeps_what_it_acknowle
     s3.start()  # the same server again: what it had acknowledged is there, and the sweep goes on from it
     kept = bucket_json(s3, "outage", "budget.json")
     for trial_id, entry in acknowledged["trials"].items():
-        assert kept["trials"][trial_id]["cost"] + kept["trials"][trial_id]["carried"] >= entry["cost"] + entry["carried"]
+        now = kept["trials"][trial_id]
+        assert now["cost"] + now["carried"] >= entry["cost"] + entry["carried"]
     resumed = cli(tmp_path, s3, "resume", "outage", "--storage", STORAGE)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trial_runs = [r for r in children(runs_of(tmp_path, "outage")) if r.data.tags[names.TAG_ROLE] == "trial"]
