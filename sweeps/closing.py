@@ -93,7 +93,9 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
         console.print(f"[yellow]{len(failed)} trial(s) failed: why in MLflow (tag {names.TAG_ERROR}) and in "
                       f"error.txt and trial.log of {where}[/]")  # fmt: skip
     if paths:
-        console.print(f"leaderboard: {out_dir}/leaderboard.{{csv,json,md,html}}")
+        found = storage.remote_of(root)  # on object storage, where it is kept: the bucket
+        where = f"{found[0].uri.rstrip('/')}/{cfg.name}/leaderboard" if found else str(out_dir)
+        console.print(f"leaderboard: {where}/leaderboard.{{csv,json,md,html}}")
         from sweeps.export import export_hint
 
         hint = export_hint(cfg.name, board.decision.recommended, board.decision.reason, cfg.storage)

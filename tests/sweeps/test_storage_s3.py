@@ -6,6 +6,7 @@ MLflow (SQLite) and the tiny model. The sweep's node-local mirror is kept in the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -68,6 +69,30 @@ def wait_for(ready: Any, proc: subprocess.Popen[str], timeout_s: float = 300) ->
 def training_checkpoints(s3: S3Server, sweep: str) -> list[str]:
     """Checkpoint objects in the bucket that hold a trial's weights (the whole training state)."""
     return [k for k in s3.keys(f"{PREFIX}/{sweep}/") if "/checkpoint_" in k and k.endswith("/trainable.pt")]
+
+
+def remove(folder: Path) -> None:
+    """rmtree, again while the killed driver's last processes (SIGKILLed, not yet reaped) still write."""
+    for _ in range(50):
+        try:
+            shutil.rmtree(folder)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    shutil.rmtree(folder)
+
+
+def checkpointed_results(s3: S3Server, sweep: str) -> bool:
+    """Whether a trial's result.json in the bucket records a training report with a checkpoint."""
+    for key in s3.keys(f"{PREFIX}/{sweep}/trial_"):
+        if key.endswith("/result.json"):
+            for line in s3.read(key).decode().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    if json.loads(line).get("checkpoint_dir_name"):
+                        return True
+    return False
 
 
 def trial_ids_in_bucket(s3: S3Server, sweep: str) -> set[str]:
@@ -139,19 +164,25 @@ def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(
     tmp_path: Path, s3: S3Server
 ) -> None:
     cfg = smoke_config(tmp_path, "ons3", storage=STORAGE, max_trials=2, concurrency=1, grace_period=4,
-                       trial={"steps": 8})  # fmt: skip
+                       trial={"steps": 10})  # fmt: skip
     proc = start(tmp_path, s3, cfg)
     try:
-        # Killed once a trial's checkpoint in the bucket holds its weights: the state a resume continues from.
-        carried = wait_for(lambda: training_checkpoints(s3, "ons3"), proc)
+        # Killed once a trial's checkpoint in the bucket holds its weights (the state a resume continues
+        # from) and Ray's record of it (its result.json, synced with the experiment state) is there too.
+        carried = wait_for(lambda: training_checkpoints(s3, "ons3") and checkpointed_results(s3, "ons3"), proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-trial
         proc.wait()
     assert any(k.endswith("/optim.pt") for k in s3.keys(f"{PREFIX}/ons3/")), carried
+    # As if resumed on another machine: nothing of the sweep here but what is in the bucket.
+    remove(tmp_path / "mirror")
 
     resumed = cli(tmp_path, s3, "resume", "ons3", "--storage", STORAGE)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"taking over sweep 'ons3' from a driver that is gone (pid {proc.pid}" in resumed.stderr
+    # The interrupted trial went on from the bucket's checkpoint, not from step 0.
+    logs = " ".join(log.read_text() for log in (tmp_path / "mirror").glob("*/ons3/trial_*/trial.log"))
+    assert "sweepboard: resuming from step" in logs, logs[-3000:]
 
     assert not (tmp_path / "runs").exists(), "the sweep wrote under a local runs/"
     trials = trial_ids_in_bucket(s3, "ons3")
@@ -173,7 +204,7 @@ def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(
     finals = [k for k in s3.keys(f"{PREFIX}/ons3/trial_") if k.endswith("/metrics.json")]
     assert len(finals) == 2 and not training_checkpoints(s3, "ons3")
 
-    shutil.rmtree(tmp_path / "mirror")  # from here on, only the bucket has the sweep
+    remove(tmp_path / "mirror")  # from here on, only the bucket has the sweep
     synced = cli(tmp_path, s3, "sync", "ons3", "--storage", STORAGE)
     assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
     assert "0 created" in synced.stdout, synced.stdout
