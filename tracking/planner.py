@@ -127,7 +127,7 @@ def measured_tokens(cfg: Any, rows: list[dict[str, Any]]) -> tuple[float, float]
 
 
 def plan_method(shape: pm.Shape, method: str, work: Workload, dev: Device, gpus: int, cpus: float,
-                catalog: Catalog, budget: float | None = None) -> dict[str, Any]:  # fmt: skip
+                catalog: Catalog) -> dict[str, Any]:  # fmt: skip
     """The plan of one method's trial on `gpus` x `dev` (0: the CPU) with `cpus` vCPUs."""
     cfg = work.cfg
     trained = _trained(shape, method, cfg)
@@ -168,7 +168,7 @@ def plan_method(shape: pm.Shape, method: str, work: Workload, dev: Device, gpus:
         "hours_per_trial": round(hours, 4),
         "usd_per_trial": round(usd, 6),
         "usd_per_hour": quote.usd_per_hour,
-        "trials_affordable": None if budget is None else (math.floor(budget / usd) if status != "does not fit" else 0),
+        "trials_affordable": None,  # set by the caller that has a budget (sweeps/plan_cli.py)
         "resources": {"gpus": request, "cpus": cpus, "gpu": dev.key if request else None},
     }
 
