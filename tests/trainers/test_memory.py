@@ -124,4 +124,4 @@ def test_a_model_without_sdpa_loads_with_eager_attention(
     cfg = from_dict({**tiny_config, "method": "lora"})
     _, model = model_mod.load(model_mod.resolve(cfg), cfg, "cpu", torch.float32)
     assert model_mod.attn_implementation(model) == "eager"
-    assert "does not support SDPA attention" in capsys.readouterr().out
+    assert "does not support SDPA attention" in capsys.readouterr().err
