@@ -19,6 +19,7 @@ from sweeps import config as sweep_config
 from sweeps import storage
 from sweeps.runtime import git_commit
 from tracking import names
+from tracking.prices import reservation
 
 console = Console(highlight=False)
 TASK_NAME = "sweepboard-baseline"
@@ -51,7 +52,7 @@ def run_baseline(cfg: sweep_config.SweepConfig, base: dict[str, Any], client: An
         **base,
         "method": "none",
         "out": str(out),
-        "price_per_hour": quote.usd_per_hour,
+        **reservation(quote),  # priced on the node the task runs on, as trials are
         "threads": threads,
     }
     mlflow_store.get_or_create_trial_run(client, experiment, parent, record.trial_id, identity, record.run_name,

@@ -33,12 +33,12 @@ LOG_FILE = "trial.log"  # in the trial's folder: what it printed, over all its a
 
 def trial_config(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """The fixed trial settings plus this trial's searched values (Optuna's "lora.rank" names dropped),
-    and the price the driver charges for its method's resources (config["sweepboard_prices"])."""
+    and what Ray reserves for its method (config["sweepboard_reserved"]), which the trial prices."""
     searched = {k: config[k] for k in SEARCHED if k in config and config[k] is not None}
     if searched.get("method") == "full":
         searched.update(rank=None, alpha=None)
-    price = (config.get("sweepboard_prices") or {}).get(searched.get("method") or base.get("method") or "lora")
-    return {**base, **searched, **({"price_per_hour": price} if price is not None else {})}
+    reserved = (config.get("sweepboard_reserved") or {}).get(searched.get("method") or base.get("method") or "lora")
+    return {**base, **searched, **(reserved or {})}
 
 
 def trainable(config: dict[str, Any]) -> None:
@@ -201,9 +201,10 @@ def _usd_per_hour(last: dict[str, Any], settings: dict[str, Any]) -> float:
         from tracking.prices import detect_device, price_per_hour
 
         cuda = settings.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
-        threads = settings.get("threads") or torch.get_num_threads()
+        gpus = settings.get("reserved_gpus", int(cuda))
+        cpus = settings.get("reserved_cpus", settings.get("threads") or torch.get_num_threads())
         return price_per_hour(
-            detect_device(), int(cuda), threads, settings.get("price_per_hour")
+            detect_device(), gpus, cpus, settings.get("price_per_hour"), gpu_key=settings.get("gpu")
         ).usd_per_hour
     except Exception:
         return 0.0

@@ -17,6 +17,7 @@ from sweeps import closing, storage
 from sweeps import config as sweep_config
 from sweeps.runtime import git_commit, ray_init, sweep_id
 from tracking import names
+from tracking.prices import PriceQuote, reservation
 
 console = Console(highlight=False)
 
@@ -77,7 +78,6 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
     estimates = first_trial_costs(cfg, quote, {m: plans[m] for m in space.method_names})
     dearest = max(space.method_names, key=lambda m: estimates[m])
     estimate = estimates[dearest]
-    prices = {m: q.usd_per_hour for m, q in quote.items()}
     print_start_banner(console, budget_usd, quote[dearest], estimate, cfg.max_trials,
                        per_method={m: quote[m] for m in space.method_names}, plans=plans)  # fmt: skip
 
@@ -131,7 +131,7 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
             storage_filesystem=storage_filesystem,
             resume_unfinished=True,
             resume_errored=True,
-            param_space=param_space(cfg, base, prices),
+            param_space=param_space(cfg, base, quote),
         )
     else:
         # TPE from the first points and ASHA, with the method floors of sweeps/search.py.
@@ -147,7 +147,7 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
             console.print(note)
         tuner = tune.Tuner(
             trainable_with_resources,
-            param_space=param_space(cfg, base, prices),
+            param_space=param_space(cfg, base, quote),
             tune_config=tune.TuneConfig(
                 metric="val_quality",
                 mode="max",
@@ -204,16 +204,17 @@ def trial_base(cfg: sweep_config.SweepConfig) -> dict[str, Any]:
 
 
 def param_space(cfg: sweep_config.SweepConfig, base: dict[str, Any],
-                prices: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
-    """`prices`: USD per hour per method, what the driver charges for the resources Ray reserves; each
-    trial gets its method's as price_per_hour, so its own cost_usd is the one the budget counts."""
+                quote: dict[str, PriceQuote] | None = None) -> dict[str, Any]:  # fmt: skip
+    """`quote`: per method, what the driver charges for the resources Ray reserves. Each trial gets its
+    method's reservation and prices it on the node it runs on (the GPU model there), so its own cost_usd,
+    the one the budget counts, is for the GPU it got."""
     price = {"price_per_hour": cfg.price_per_hour} if cfg.price_per_hour else {}
     # On object storage the root is the node-local mirror: trials keep their working files there and their
     # checkpoints carry the whole training state into the bucket (sweeps/trainable.py).
     root = str(storage.sweep_folder(cfg.storage, cfg.name, cfg.storage_endpoint))
     return {"sweepboard_sweep": cfg.name, "sweepboard_root": root, "sweepboard_trial": {**base, **price},
             "sweepboard_remote": storage.is_remote(cfg.storage),
-            "sweepboard_prices": dict(prices or {}),
+            "sweepboard_reserved": {m: reservation(q) for m, q in (quote or {}).items()},
             "sweepboard_workers": {m: dataclasses.asdict(r) for m, r in cfg.resources.items() if r.workers > 1}}  # fmt: skip
 
 

@@ -165,7 +165,8 @@ def price_per_hour(
 ) -> PriceQuote:
     """What the resources of one trial cost per hour. `device` is a DeviceInfo or a device name
     ("cpu" or a GPU name). An explicit `override` (USD per hour for the whole trial) wins. `gpu_key`
-    (a catalog key) prices GPUs that the device itself lacks: a CPU head driving a GPU cluster."""
+    (a catalog key) prices GPUs that the device itself lacks or that the catalog does not know: a CPU head
+    driving a GPU cluster, a trial on a node whose GPU has no entry."""
     if gpus < 0 or cpus < 0:
         raise PriceError(f"resources: gpus={gpus}, cpus={cpus}: counts cannot be negative")
     if override is not None:
@@ -181,9 +182,9 @@ def price_per_hour(
     cpu_price = catalog.cpu_usd_per_vcpu_hour
     if gpus == 0:
         return PriceQuote(cpus * cpu_price, catalog.cpu_source, "cpu", catalog.as_of, 0, cpus, 0.0, cpu_price)
-    if info.kind == "cuda":
+    if info.kind == "cuda" and (gpu_key is None or _matches(catalog, info)):
         gpu = match_price(catalog, info.name, info.memory_gb)
-    elif gpu_key is not None:
+    elif gpu_key is not None:  # a GPU-less machine, or a GPU the catalog does not know: the named model
         gpu = gpu_by_key(catalog, gpu_key)
     else:
         raise PriceError(
@@ -208,6 +209,21 @@ def gpu_by_key(catalog: Catalog, key: str) -> GpuPrice:
         f"gpu: {key!r}: not in the price catalog {catalog.path}; use one of "
         f"{', '.join(g.key for g in catalog.gpus)}, or add it under `gpus:` there"
     )
+
+
+def _matches(catalog: Catalog, info: DeviceInfo) -> bool:
+    try:
+        match_price(catalog, info.name, info.memory_gb)
+    except PriceError:
+        return False
+    return True
+
+
+def reservation(quote: PriceQuote) -> dict[str, Any]:
+    """A method's quote as the trial settings that price it where it runs (trainers.config): the reserved
+    GPUs and CPUs, and the GPU model the driver priced them at, for a node whose GPU the catalog lacks."""
+    key = {"gpu": quote.device_key} if quote.gpus and quote.device_key not in ("cpu", "override") else {}
+    return {"reserved_gpus": quote.gpus, "reserved_cpus": quote.cpus, **key}
 
 
 def method_quotes(

@@ -83,6 +83,11 @@ class TrialConfig:
     threads: int | None = None  # torch CPU threads; default: what the process was given
     trust_remote_code: bool = False
     price_per_hour: float | None = None  # overrides the price catalog
+    # Set by the sweep: what Ray reserved for the whole trial (all its workers), priced at the GPU model of
+    # the node the trial runs on, else `gpu` (a catalog key: the sweep's `gpu:` or the driver's GPU).
+    reserved_gpus: float | None = None
+    reserved_cpus: float | None = None
+    gpu: str | None = None
     cache_dir: str | None = None  # converted default model lives here; default .cache/models
     out: str | None = None  # where metrics.json, predictions, checkpoints go
     data: DataConfig = field(default_factory=DataConfig)

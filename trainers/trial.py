@@ -185,12 +185,16 @@ def run_trial(config: TrialConfig | dict[str, Any], report: Report | None = None
         "trainable_params": trainable if cfg.method != "none" else 0,
         "total_params": total,
         "adapter_mb": adapter_mb,
-        "device": quote.device_key if quote.device_key != "override" else device,
+        # Where it ran: a GPU's catalog key, or "cpu" (even if GPUs were reserved and priced).
+        "device": quote.device_key if device == "cuda" and quote.device_key != "override" else device,
         "device_name": detect_device().name,
         "usd_per_hour": quote.usd_per_hour,
         "price_source": quote.source,
         "cost_usd": wall * quote.usd_per_hour / 3600,
-        "device_hours": device_hours(wall, quote.gpus * world.size, quote.cpus * world.size),
+        # A sweep's quote is already for the whole reservation; a trial run alone prices one worker.
+        "device_hours": device_hours(wall, *(
+            (quote.gpus, quote.cpus) if cfg.reserved_gpus is not None else
+            (quote.gpus * world.size, quote.cpus * world.size))),  # fmt: skip
         "status": "stopped" if state["stopped_early"] else "finished",
     }
     if world.main:
@@ -302,9 +306,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _quote(cfg: TrialConfig, device: str) -> PriceQuote:
-    info = detect_device()
-    gpus = 1 if device == "cuda" else 0
-    return price_per_hour(info, gpus, torch.get_num_threads(), cfg.price_per_hour)
+    """In a sweep, what Ray reserved for the trial at the GPU model of the node it runs on (rank 0's, whose
+    cost is reported), so a mixed cluster bills each trial for the GPU it got; run alone, what it holds."""
+    if cfg.reserved_gpus is not None:
+        return price_per_hour(detect_device(), cfg.reserved_gpus, cfg.reserved_cpus or 0, cfg.price_per_hour,
+                              gpu_key=cfg.gpu)  # fmt: skip
+    return price_per_hour(detect_device(), 1 if device == "cuda" else 0, torch.get_num_threads(), cfg.price_per_hour)
 
 
 def _priced(report: Report | None, quote: PriceQuote) -> Report | None:

@@ -241,3 +241,27 @@ def test_each_method_pays_for_what_ray_reserves_for_it() -> None:
     assert {q.usd_per_hour for q in method_quotes(resources, head, override=2.5).values()} == {2.5}
     with pytest.raises(PriceError, match="method lora: resources: gpus=1: .*no GPU.*`gpu: KEY`.*--price-per-hour"):
         method_quotes(resources, head)
+
+
+def test_a_trial_pays_for_the_gpu_of_the_node_it_ran_on() -> None:
+    """The driver hands each trial its method's reservation (prices.reservation); the trial prices it with
+    its own node's GPU, so on a mixed cluster an H100 node bills H100s though the driver quoted A100s."""
+    from sweeps.config import Resources
+
+    catalog = load_catalog()
+    gpu = {k: prices.gpu_by_key(catalog, k).usd_per_hour for k in ("a100-80gb", "h100-sxm")}
+    cpu = catalog.cpu_usd_per_vcpu_hour
+    driver = method_quotes({"full": Resources(cpus=8, gpus=2, workers=2)}, DeviceInfo("cpu", "EPYC", 0, 2),
+                           gpu_key="a100-80gb")["full"]  # fmt: skip
+    handed = prices.reservation(driver)
+    assert handed == {"reserved_gpus": 4, "reserved_cpus": 16, "gpu": "a100-80gb"}
+    as_handed = (handed["reserved_gpus"], handed["reserved_cpus"])
+    h100_node = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", 2, 32, 85.0)
+    on_h100 = price_per_hour(h100_node, *as_handed, gpu_key=handed["gpu"])
+    assert (on_h100.device_key, on_h100.usd_per_hour) == ("h100-sxm", pytest.approx(4 * gpu["h100-sxm"] + 16 * cpu))
+    # A node whose GPU the catalog does not know is priced as the driver priced it, not refused mid-sweep.
+    unknown = price_per_hour(DeviceInfo("cuda", "NVIDIA L40S", 2, 32, 48.0), *as_handed, gpu_key=handed["gpu"])
+    assert (unknown.device_key, unknown.usd_per_hour) == ("a100-80gb", pytest.approx(driver.usd_per_hour))
+    # CPU-only methods and explicit prices hand no GPU model.
+    assert prices.reservation(price_per_hour("cpu", 0, 2)) == {"reserved_gpus": 0, "reserved_cpus": 2}
+    assert "gpu" not in prices.reservation(price_per_hour("cpu", 1, 2, override=3.0))

@@ -133,6 +133,19 @@ def test_changed_test_set_stops_the_trial(tiny_config: dict[str, Any]) -> None:
         run_trial({**tiny_config, "method": "none"})
 
 
+def test_a_sweep_trial_pays_for_what_ray_reserved(tiny_config: dict[str, Any]) -> None:
+    """The sweep hands a trial its method's reservation (all workers' GPUs and CPUs, and the GPU model the
+    driver priced): cost and device hours are for all of it, not for the one process that ran here."""
+    from tracking.prices import gpu_by_key, load_catalog
+
+    handed = {"reserved_gpus": 2, "reserved_cpus": 16, "gpu": "a100-80gb"}
+    m = run_trial({**tiny_config, "method": "none", **handed})
+    catalog = load_catalog()
+    usd = 2 * gpu_by_key(catalog, "a100-80gb").usd_per_hour + 16 * catalog.cpu_usd_per_vcpu_hour
+    assert m["usd_per_hour"] == pytest.approx(usd) and m["cost_usd"] == pytest.approx(m["wall_seconds"] * usd / 3600)
+    assert m["device_hours"] == pytest.approx(2 * m["wall_seconds"] / 3600)  # GPU-hours of both GPUs
+    assert m["device"] == "cpu"  # where it ran: this machine has no GPU
+
 
 def _loads_as_trained(folder: Path) -> int:
     """The full fine-tuning model folder loads with transformers' own from_pretrained (model and tokenizer);
