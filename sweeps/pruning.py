@@ -17,9 +17,11 @@ LIVE = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
 
 def asha(steps: int, eval_every: int, grace_period: int, reduction_factor: float) -> ASHAScheduler:
     """ASHA with rungs counted in validation reports; the final report (the test score) comes one past the
-    last validation, and max_t lies past both: ASHA stops a trial that reaches max_t."""
-    return ASHAScheduler(time_attr="training_iteration", max_t=reports(steps, eval_every) + 2,
-                         grace_period=grace_period, reduction_factor=reduction_factor)  # fmt: skip
+    last validation, and max_t lies past both: ASHA stops a trial that reaches max_t. A grace_period past
+    the trial's reports means no pruning; Ray would refuse it (grace_period <= max_t), so it is capped."""
+    max_t = reports(steps, eval_every) + 2
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace_period, max_t),
+                         reduction_factor=reduction_factor)  # fmt: skip
 
 
 def scheduler(steps: int, eval_every: int, grace_period: int, reduction_factor: float,

@@ -163,8 +163,12 @@ def test_object_storage_refuses_what_it_cannot_do_yet(tmp_path: Path) -> None:
 def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(
     tmp_path: Path, s3: S3Server
 ) -> None:
-    cfg = smoke_config(tmp_path, "ons3", storage=STORAGE, max_trials=2, concurrency=1, grace_period=4,
-                       trial={"steps": 10})  # fmt: skip
+    # One training checkpoint a trial (step 5 of 10), so the kill cannot fall between Tune deleting a
+    # trial's older checkpoint (num_to_keep=1) and its next snapshot of the experiment state: a driver
+    # killed there is resumed at a checkpoint that no longer exists, and Ray fails the trial ("Could not
+    # recover from checkpoint as it does not exist on storage anymore"; seen once here, README: Resume).
+    cfg = smoke_config(tmp_path, "ons3", storage=STORAGE, max_trials=2, concurrency=1, grace_period=2,
+                       trial={"steps": 10, "eval_every": 5})  # fmt: skip
     proc = start(tmp_path, s3, cfg)
     try:
         # Killed once a trial's checkpoint in the bucket holds its weights (the state a resume continues
