@@ -67,7 +67,6 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
     settings = trial_config(config, config["sweepboard_trial"])
     remote = bool(config.get("sweepboard_remote"))  # object storage: checkpoints carry the whole state
     restored = tune.get_checkpoint()
-    known = -1  # the step of the checkpoint Tune restored: Tune has the points up to it
     # A trial that had finished its test evaluation keeps no training checkpoint: nothing to restore.
     if restored is not None and not (out / FINAL_FILES[0]).is_file():
         # A restored trial (resume, or a retried worker) continues from its newest checkpoint, the one in
@@ -76,7 +75,6 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
         # with weights (a sweep started by an earlier sweepboard) is used when it is the newer one.
         with restored.as_directory() as path:
             source = Path(path) / "checkpoint" if (Path(path) / "checkpoint").is_dir() else Path(path)
-            known = _step(source)
             if (source / FINAL_FILES[0]).is_file():
                 _copy_final(source, out)  # a final checkpoint from another node: the trial's result
                 if (source / MODEL).is_dir() and not (out / MODEL).is_dir():
@@ -101,10 +99,6 @@ def _run(config: dict[str, Any], out: Path, attempt: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> bool:
         attempt["last"] = metrics
-        if metrics.get("step", known + 1) <= known:
-            # The point of the checkpoint Tune restored, reported again by run_trial: Tune has it. A newer
-            # checkpoint's point (the driver died before recording it) goes on, so no step is lost.
-            return False
         if checkpoint_dir is None:
             tune.report(metrics)
         elif remote:

@@ -145,11 +145,10 @@ def train(
         state = checkpoint.load(ckpt_dir, model, opt, sched)
         if world.main:
             print(f"sweepboard: resuming from step {state['step']} ({ckpt_dir})", flush=True)
-        if report is not None and state["val"]:
-            # The point this checkpoint was written at may never have been recorded: a driver killed
-            # between the report and its record, or a Ray Train controller that had not collected it when a
-            # worker died. Report it again; the caller drops it if it has it (sweeps.trainable does, for one
-            # process: Tune restored it at a step). Every worker reports, as below.
+        if report is not None and world.size > 1 and state["val"]:
+            # Ray Train drops the reports its controller had not yet collected when a worker dies, and the
+            # point this checkpoint was written at may be one: report it again (at worst a second point at
+            # that step, as a resumed single-process trial can give). Every worker reports, as below.
             report(_point(state), str(ckpt_dir))
     lengths = [len(x) for x in train_enc.ids]
     pad = tok.pad_token_id
