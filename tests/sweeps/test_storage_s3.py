@@ -95,6 +95,12 @@ def checkpointed_results(s3: S3Server, sweep: str) -> bool:
     return False
 
 
+def state_names_a_checkpoint(s3: S3Server, sweep: str) -> bool:
+    """Whether Tune's experiment state in the bucket (what a resume restores) names a trial's checkpoint."""
+    states = [k for k in s3.keys(f"{PREFIX}/{sweep}/") if "/experiment_state-" in k and k.endswith(".json")]
+    return any(b"checkpoint_000000" in s3.read(k) for k in states)
+
+
 def trial_ids_in_bucket(s3: S3Server, sweep: str) -> set[str]:
     keys = s3.keys(f"{PREFIX}/{sweep}/trial_")
     return {k.split("/")[2].removeprefix("trial_") for k in keys if k.endswith("/result.json")}
@@ -172,8 +178,10 @@ def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(
     proc = start(tmp_path, s3, cfg)
     try:
         # Killed once a trial's checkpoint in the bucket holds its weights (the state a resume continues
-        # from) and Ray's record of it (its result.json, synced with the experiment state) is there too.
-        carried = wait_for(lambda: training_checkpoints(s3, "ons3") and checkpointed_results(s3, "ons3"), proc)
+        # from), and Ray's record of it is there too: its result.json, and the experiment state naming the
+        # checkpoint (uploaded after result.json: a kill before it restarts the trial from step 0).
+        carried = wait_for(lambda: training_checkpoints(s3, "ons3") and checkpointed_results(s3, "ons3")
+                           and state_names_a_checkpoint(s3, "ons3"), proc)  # fmt: skip
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-trial
         proc.wait()
