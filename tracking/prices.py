@@ -182,9 +182,14 @@ def price_per_hour(
     cpu_price = catalog.cpu_usd_per_vcpu_hour
     if gpus == 0:
         return PriceQuote(cpus * cpu_price, catalog.cpu_source, "cpu", catalog.as_of, 0, cpus, 0.0, cpu_price)
-    if info.kind == "cuda" and (gpu_key is None or _matches(catalog, info)):
-        gpu = match_price(catalog, info.name, info.memory_gb)
-    elif gpu_key is not None:  # a GPU-less machine, or a GPU the catalog does not know: the named model
+    if info.kind == "cuda":
+        try:
+            gpu = match_price(catalog, info.name, info.memory_gb)
+        except PriceError:
+            if gpu_key is None:
+                raise
+            gpu = gpu_by_key(catalog, gpu_key)  # a GPU the catalog does not know: the named model
+    elif gpu_key is not None:  # a GPU-less machine
         gpu = gpu_by_key(catalog, gpu_key)
     else:
         raise PriceError(
@@ -209,14 +214,6 @@ def gpu_by_key(catalog: Catalog, key: str) -> GpuPrice:
         f"gpu: {key!r}: not in the price catalog {catalog.path}; use one of "
         f"{', '.join(g.key for g in catalog.gpus)}, or add it under `gpus:` there"
     )
-
-
-def _matches(catalog: Catalog, info: DeviceInfo) -> bool:
-    try:
-        match_price(catalog, info.name, info.memory_gb)
-    except PriceError:
-        return False
-    return True
 
 
 def reservation(quote: PriceQuote) -> dict[str, Any]:
