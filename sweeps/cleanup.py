@@ -16,8 +16,8 @@ from typing import Any
 from ray.tune import Callback
 
 from sweeps.trainable import FINAL_FILES
+from sweeps.training_state import TRAINING_STATE, drop_finished
 
-TRAINING_STATE = ("trainable.pt", "optim.pt", "shards")
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +28,10 @@ class DropUnfinishedState(Callback):
             return
         work = Path(root) / f"trial_{trial.trial_id}" / "work"
         if (work / FINAL_FILES[0]).is_file():
-            return  # finished: the trial removed its own training state after writing its final model
+            # Finished: the trial removed its own training state after writing its final model; a copy
+            # written by an attempt the driver never recorded may still sit in one of its checkpoints.
+            drop_finished(Path(root), f"trial_{trial.trial_id}")
+            return
         drop_training_state(work / "checkpoint")
         if (trial.config or {}).get("sweepboard_remote") and trial.checkpoint is not None:
             drop_stored_state(trial.checkpoint)  # on object storage, Ray's copy holds the whole state

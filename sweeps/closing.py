@@ -60,6 +60,11 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
         record_end(root, status)  # first: if MLflow does not answer now, `sweepboard sync` ends the parent so
     except storage.StorageError as exc:
         lost.append(exc)
+    # A finished trial keeps no training state (sweeps/training_state.py): also what an attempt the driver
+    # never recorded wrote into one of its checkpoints, here and in the bucket.
+    from sweeps.training_state import drop_finished
+
+    drop_finished(root)
     # The one spent figure (Ray's storage: every trial that reported, pruned, failed and lost attempts
     # included, plus the baseline); the ledger file is made to agree, and `sync` reports the same.
     from sweeps.ledger import close_books

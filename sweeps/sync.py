@@ -25,12 +25,12 @@ from sweeps import reconcile as rec
 from sweeps.ledger import sweep_spent
 from sweeps.runtime import STATE_FILE, known_sweeps, open_sweep, sweep_id
 from sweeps.storage import is_remote, pull, push
+from sweeps.training_state import drop_finished, is_training_state
 from tracking import mlflow_conn as conn
 from tracking import mlflow_store as store
 from tracking.names import ARTIFACT_METRICS, TAG_GIT_COMMIT, TAG_STATUS
 from trainers.config import ConfigError
 
-TRAINING_STATE = ("trainable.pt", "optim.pt")  # sweeps/cleanup.py's; no Ray imported for it here
 BASELINE_ID = "baseline"  # the baseline's folder in the sweep's, and the end of its trial id
 
 
@@ -48,7 +48,10 @@ def sync(name: str, storage: str = "runs/sweeps", tracking_uri: str | None = Non
                            "writes MLflow: run sync once it has ended"])
     # Object storage: Ray's trial folders come into the mirror too, without training state (only the
     # final files are logged), so Ray's experiment state is read from there as from a folder.
-    pull(root, only=lambda rel: rel.rsplit("/", 1)[-1] not in TRAINING_STATE)
+    pull(root, only=lambda rel: not is_training_state(rel))
+    # What a finished trial must not keep (sweeps/training_state.py), here and in the bucket: a sweep whose
+    # driver died after a trial's end never ran its own cleanup.
+    dropped = drop_finished(root)
     state = json.loads(state_file.read_text())
     uri = conn.tracking_uri(tracking_uri or state["config"].get("tracking_uri"))
     conn.check_reachable(uri)
@@ -71,7 +74,8 @@ def sync(name: str, storage: str = "runs/sweeps", tracking_uri: str | None = Non
                                  name, uri)  # fmt: skip
     print(f"sync {name}: {len(records)} run(s) from {root} into {uri} (experiment {name!r}): "
           f"{counts['created']} created, {counts['updated']} updated, {counts['unchanged']} unchanged; "
-          f"parent run {'updated' if parent_changed or parent is None else 'unchanged'}, spent ${spent:.4f}")
+          f"parent run {'updated' if parent_changed or parent is None else 'unchanged'}, spent ${spent:.4f}"
+          + (f"; deleted {len(dropped)} training-state file(s) of finished trials" if dropped else ""))
     return 0
 
 

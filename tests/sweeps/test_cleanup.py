@@ -60,3 +60,32 @@ def test_pruned_trials_lose_their_training_state_and_keep_their_step(tmp_path: P
     assert sorted(p.name for p in failed.iterdir()) == ["optim.pt", "state.json", "trainable.pt"]  # retryable
     (best,) = by_kind["best"]
     assert sorted(p.name for p in best.iterdir()) == ["state.json"]
+
+
+def test_a_finished_trial_loses_training_state_an_unrecorded_attempt_left_in_its_checkpoints(tmp_path: Path) -> None:
+    from sweeps.training_state import drop_finished
+
+    root = tmp_path / "sweep"
+
+    def checkpoint(trial: str, name: str, files: tuple[str, ...]) -> Path:
+        folder = root / trial / name
+        folder.mkdir(parents=True)
+        for file in files:
+            (folder / file).write_bytes(b"x")
+        return folder
+
+    # Finished: its final files landed in the checkpoint an orphaned attempt had filled with its state.
+    mixed = checkpoint("trial_done", "checkpoint_000001", ("metrics.json", "state.json", "trainable.pt", "optim.pt"))
+    (mixed / "shards").mkdir()
+    (mixed / "shards" / "0.pt").write_bytes(b"s")
+    # Still training (no final result anywhere): its checkpoint is what it resumes from, so it stays.
+    live = checkpoint("trial_live", "checkpoint_000000", ("state.json", "trainable.pt", "optim.pt"))
+    # Finished by its work/ folder's final result, with a stale training checkpoint there too.
+    work = checkpoint("trial_work", "work/checkpoint", ("state.json", "trainable.pt"))
+    (work.parent / "metrics.json").write_text("{}")
+
+    deleted = drop_finished(root)
+    assert sorted(p.name for p in mixed.iterdir()) == ["metrics.json", "state.json"]
+    assert sorted(p.name for p in live.iterdir()) == ["optim.pt", "state.json", "trainable.pt"]
+    assert sorted(p.name for p in work.iterdir()) == ["state.json"]
+    assert len(deleted) == 4 and drop_finished(root) == []  # the second pass finds nothing
