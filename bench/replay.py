@@ -30,6 +30,7 @@ from typing import Any
 TARGET_SHARE = 0.95
 OTHER_SHARES = (0.90, 0.97)
 MAX_REPEATS = 20  # TPE proposing configurations already run (the table is finite): then take a new one
+DECISION_MARGIN = 0.02  # the leaderboard's default margin
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,10 @@ def answers(order: list[tuple[Row, Outcome]]) -> list[tuple[float, float | None]
 
 
 def search_ours(rows: list[Row], space: Any, seed: int, budget: float, asha: dict[str, Any],
-                min_adapter_configs: int = 3) -> list[Any]:  # fmt: skip
+                priors: Any | None = None, snapshot_at: int | None = None) -> Search:  # fmt: skip
+    """The sweep's search played on the table: with `priors`, the learning rate first (sweeps/ladder.py)
+    and each group's leader kept past ASHA; without, plain TPE and ASHA. `snapshot_at`: the trial count at
+    which the sweep's decision and choice are read (the default sweep's max_trials)."""
     import numpy as np
     import optuna
     from ray.tune.schedulers import ASHAScheduler
@@ -139,18 +143,20 @@ def search_ours(rows: list[Row], space: Any, seed: int, budget: float, asha: dic
     np.random.seed(seed)  # ASHA draws a bracket with numpy (one bracket here, but keep it reproducible)
     by_key = {r.key: r for r in rows}
     points = search.first_points(space)
-    floors = search.method_floors(space.method_names, min_adapter_configs)
-    study = optuna.create_study(direction="maximize", sampler=search.sampler(len(points), floors, seed))
+    study = optuna.create_study(direction="maximize", sampler=search.tpe_sampler(len(points), seed))
     for point in points:
         study.enqueue_trial(point)
     asha_scheduler = ASHAScheduler(time_attr="training_iteration", metric=search.METRIC, mode="max", **asha)
-    scheduler = pruning.FloorScheduler(asha_scheduler, floors, announce=False) if floors else asha_scheduler
+    scheduler = pruning.LeaderScheduler(asha_scheduler, announce=False) if priors else asha_scheduler
     rng = random.Random(seed)
     played: list[tuple[Row, Outcome]] = []
     trials: list[Any] = []
     told: dict[str, Outcome] = {}
     spent, repeats = 0.0, 0
+    decided: dict[str, Any] | None = None
     while spent < budget and len(told) < len(rows):
+        if priors is not None:
+            search.plan_next(study, space, priors)
         trial = study.ask()
         key = _key(space.define_by_run(trial))
         if key in told or key not in by_key:
@@ -162,9 +168,6 @@ def search_ours(rows: list[Row], space: Any, seed: int, budget: float, asha: dic
             repeats += 1
             if repeats >= MAX_REPEATS:
                 fresh = [r for r in rows if r.key not in told]
-                # A floor still unmet decides the method here too, as it would have in the sampler.
-                method = search.forced_method(study.get_trials(deepcopy=False), space.method_names, floors)
-                fresh = [r for r in fresh if r.config["method"] == method] or fresh
                 study.enqueue_trial(space.search_params(rng.choice(fresh).config))
                 repeats = 0
             continue
@@ -175,7 +178,47 @@ def search_ours(rows: list[Row], space: Any, seed: int, budget: float, asha: dic
         told[key] = outcome
         played.append((row, outcome))
         spent += outcome.cost
-    return answers(played)
+        if snapshot_at is not None and len(played) == snapshot_at:
+            decided = sweep_decision(played, study, space, priors)
+    if decided is None:
+        decided = sweep_decision(played, study, space, priors)
+    return Search(answers(played), decided)
+
+
+@dataclass(frozen=True)
+class Search:
+    trace: list[tuple[float, float | None]]
+    decision: dict[str, Any]  # what the sweep decides and picks after its trials (sweep_decision)
+
+
+def sweep_decision(played: list[tuple[Row, Outcome]], study: Any, space: Any, priors: Any | None,
+                   margin: float = DECISION_MARGIN) -> dict[str, Any]:  # fmt: skip
+    """What the leaderboard would decide after these trials, from their validation choice and test scores:
+    escalate when the best full run (by validation) beats the best adapter run by more than the margin and,
+    under the rate-first rules, both groups' rates are bracketed and one adapter capacity increase was
+    tried. The table has no per-example scores, so the paired significance test is not replayed (it can
+    only block an escalation, never cause one)."""
+    from sweeps import ladder
+
+    done = [(row, o) for row, o in played if o.finished]
+    adapters = [row for row, _ in done if row.config["method"] != "full"]
+    fulls = [row for row, _ in done if row.config["method"] == "full"]
+    picked = max((row for row, _ in done), key=lambda r: r.val, default=None)
+    best_adapter = max(adapters, key=lambda r: r.val, default=None)
+    best_full = max(fulls, key=lambda r: r.val, default=None)
+    gain = None if best_adapter is None or best_full is None else best_full.test - best_adapter.test
+    evidence = True
+    if priors is not None:
+        found = ladder.brackets(study.get_trials(deepcopy=False), space, priors)
+        adapter = found.get("adapter")
+        from search_spaces.rates import capacity_tried
+
+        capacity = adapter is not None and bool(capacity_tried(ladder.tried(study.get_trials(deepcopy=False),
+                                                                            space), adapter))  # fmt: skip
+        evidence = all(b is not None and b.bracketed for b in found.values()) and capacity
+    escalate = gain is not None and gain > margin + 1e-9 and evidence
+    return {"escalate": bool(escalate), "picked_test": None if picked is None else picked.test,
+            "picked": None if picked is None else picked.key, "trials": len(played)}
 
 
 def search_random(rows: list[Row], seed: int, budget: float) -> list[Any]:
@@ -219,7 +262,11 @@ def regret_at(trace: list[tuple[float, float | None]], dollars: float, best: flo
 
 
 def replay(table: list[dict[str, Any]], space: Any, seeds: int = 20, asha: dict[str, Any] | None = None,
-           min_adapter_configs: int = 3, report_steps: tuple[int, ...] | None = None) -> dict[str, Any]:  # fmt: skip
+           priors: Any | None = None, report_steps: tuple[int, ...] | None = None,
+           max_trials: int | None = None, baseline: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Our search (with `priors`: the learning rate first), random and grid on the table, `seeds` times.
+    `max_trials`: the default sweep's trial count, where the decision and the regret are read. With
+    `baseline`, plain TPE and ASHA (the search without its fine-tuning rules) is replayed beside ours."""
     rows = rows_from_table(table, report_steps)
     if not rows:
         raise ValueError("the recorded table is empty: run `make bench-record` first")
@@ -227,11 +274,15 @@ def replay(table: list[dict[str, Any]], space: Any, seeds: int = 20, asha: dict[
     target = TARGET_SHARE * best
     budget = sum(r.cost for r in rows)  # the whole grid, once
     asha = asha or {}
+    ours = [search_ours(rows, space, s, budget, asha, priors, max_trials) for s in range(seeds)]
     traces: dict[str, list[Any]] = {
-        "ours": [search_ours(rows, space, s, budget, asha, min_adapter_configs) for s in range(seeds)],
+        "ours": [o.trace for o in ours],
         "random": [search_random(rows, s, budget) for s in range(seeds)],
         "grid": [search_grid(rows, space, budget)] * seeds,
     }
+    plain = [search_ours(rows, space, s, budget, asha, None, max_trials) for s in range(seeds)] if baseline else []
+    if plain:
+        traces["plain_tpe_asha"] = [o.trace for o in plain]
     dollars = {name: [dollars_to(t, target) for t in ts] for name, ts in traces.items()}
     medians = {name: _median(d) for name, d in dollars.items()}
     grid_x = [budget * i / 100 for i in range(101)]
@@ -243,7 +294,8 @@ def replay(table: list[dict[str, Any]], space: Any, seeds: int = 20, asha: dict[
         }
         for name, ts in traces.items()
     }
-    return {
+    truth = _truth(rows)
+    result = {
         "rows": len(rows),
         "seeds": seeds,
         "best_test_quality": best,
@@ -257,7 +309,34 @@ def replay(table: list[dict[str, Any]], space: Any, seeds: int = 20, asha: dict[
                             for share in sorted({*OTHER_SHARES, TARGET_SHARE})},
         "trials_run": {name: statistics.mean(len(t) for t in ts) for name, ts in traces.items()},
         "regret_curve": {"dollars": grid_x, **regret},
+        "max_trials": max_trials,
+        "truth_escalate": truth,
+        **_decision_keys(ours, best, truth),
     }
+    if plain:
+        result["plain_tpe_asha"] = {"cost_ratio_vs_random": _ratio(medians["plain_tpe_asha"], medians["random"]),
+                                    **_decision_keys(plain, best, truth)}  # fmt: skip
+    return result
+
+
+def _truth(rows: list[Row]) -> bool:
+    """The table's answer: escalate only if its best full configuration beats its best adapter
+    configuration (by test quality) by more than the margin."""
+    full = max((r.test for r in rows if r.config["method"] == "full"), default=None)
+    adapter = max((r.test for r in rows if r.config["method"] != "full"), default=None)
+    return full is not None and adapter is not None and full - adapter > DECISION_MARGIN + 1e-9
+
+
+def _decision_keys(searches: list[Search], best: float, truth: bool) -> dict[str, Any]:
+    """decision_agreement: the share of replayed sweeps deciding as the table's truth; regret: the best
+    test quality minus the test quality of the run the sweep picks by validation (median over seeds)."""
+    agree = [s.decision["escalate"] == truth for s in searches]
+    regrets = [best - (s.decision["picked_test"] if s.decision["picked_test"] is not None else 0.0)
+               for s in searches]  # fmt: skip
+    return {"decision_agreement": sum(agree) / len(agree) if agree else None,
+            "regret": statistics.median(regrets) if regrets else None,
+            "regret_per_seed": regrets,
+            "escalated": sum(s.decision["escalate"] for s in searches)}
 
 
 def _ratios_at(traces: dict[str, list[Any]], target: float) -> dict[str, Any]:

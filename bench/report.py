@@ -91,10 +91,21 @@ def _search(s: dict[str, Any] | None, out: Path) -> list[str]:
         f"target 95% of it: {s['target_test_quality']:.3f}.", "",
         "| search | median $ to target | trials run (mean) |", "|---|---|---|",
     ]  # fmt: skip
-    for name in ("ours", "random", "grid"):
-        lines.append(f"| {name} | {_num(d[name]['median'], 4)} | {s['trials_run'][name]:.1f} |")
+    for name in ("ours", "plain_tpe_asha", "random", "grid"):
+        if name in d:
+            lines.append(f"| {name} | {_num(d[name]['median'], 4)} | {s['trials_run'][name]:.1f} |")
     lines += ["", f"**cost ratio vs random {_num(s['cost_ratio_vs_random'])}** (vs grid "
                   f"{_num(s['cost_ratio_vs_grid'])}).", ""]  # fmt: skip
+    if "decision_agreement" in s:
+        plain = s.get("plain_tpe_asha") or {}
+        lines += [f"At the default sweep's {s.get('max_trials')} trials: **decision agreement "
+                  f"{_num(s['decision_agreement'])}** (the table's answer: "
+                  f"{'escalate' if s.get('truth_escalate') else 'stay with the adapter'}; {s.get('escalated')} of "
+                  f"{s['seeds']} replayed sweeps escalated), **regret {_num(s['regret'])}** (the best test "
+                  "quality minus that of the run picked by validation, median). Plain TPE and ASHA, the same "
+                  f"search without its fine-tuning rules: agreement {_num(plain.get('decision_agreement'))}, "
+                  f"regret {_num(plain.get('regret'))}, cost ratio vs random "
+                  f"{_num(plain.get('cost_ratio_vs_random'))}.", ""]  # fmt: skip
     shares = s.get("by_target_share") or {}
     if shares:
         lines += ["The same ratio for other targets (a share of the best test quality):", "",

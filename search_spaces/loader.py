@@ -11,6 +11,7 @@ The schema (default.yaml is the worked example):
         ...
       full: {learning_rate: {type: float, low: 1e-6, high: 1e-4, log: true}}
     default: {method: lora, rank: 16, alpha: 32, ...}   # optional; evaluated first; must lie inside
+    points: [{method: qlora, rank: 16, ...}, ...]       # optional; evaluated right after the default
 
 A spec is {type: categorical, choices}, {type: float, low, high, log}, {type: int, low, high, log, step}
 or {type: fixed, value}. Every problem is collected before anything is raised, so one run shows the
@@ -32,7 +33,7 @@ from search_spaces.space import METHODS, MethodSpace, SearchSpace
 from search_spaces.yaml_io import SpaceLoader
 
 BUILTIN_DIR = Path(__file__).resolve().parent
-TOP_LEVEL_KEYS = ("description", "method", "methods", "default")
+TOP_LEVEL_KEYS = ("description", "method", "methods", "default", "points")
 SPEC_KEYS = {
     "categorical": (("choices",), ()),  # (required, optional)
     "float": (("low", "high"), ("log",)),
@@ -115,8 +116,17 @@ def _parse(data: Any, problems: _Problems) -> SearchSpace:
     if "default" in data and method is not None:
         for path, value, fix in space.check_point(data["default"], where="default"):
             problems.add(path, value, fix)
+    points = data.get("points") or []
+    if not isinstance(points, list):
+        problems.add("points", points, "write a list of points, each a mapping like `default:`")
+        points = []
+    if method is not None:
+        for i, point in enumerate(points):
+            for path, value, fix in space.check_point(point, where=f"points[{i}]"):
+                problems.add(path, value, fix)
     if problems.lines:
         raise SearchSpaceError(problems.source, problems.lines)
+    space = replace(space, points=tuple(dict(p) for p in points))
     return replace(space, default=dict(data["default"])) if "default" in data else space
 
 

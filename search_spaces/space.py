@@ -61,6 +61,7 @@ class SearchSpace:
     methods: dict[str, MethodSpace]
     default: dict[str, Any] | None = None  # in config naming (CONFIG_KEYS), already checked
     description: str = ""
+    points: tuple[dict[str, Any], ...] = ()  # more first points, after the default (config naming)
 
     @property
     def method_names(self) -> tuple[str, ...]:
@@ -77,12 +78,13 @@ class SearchSpace:
         return to_config(method, values)
 
     def points_to_evaluate(self) -> list[dict[str, Any]]:
-        """The default point as Optuna parameters, for OptunaSearch(points_to_evaluate=...).
+        """The default point, then the space's other first points, as Optuna parameters, for OptunaSearch(points_to_evaluate=...).
 
         Ray enqueues each dict with `study.enqueue_trial`, so keys must be the names
         `define_by_run` suggests; fixed settings are not Optuna parameters and are left out.
         """
-        return [] if self.default is None else [self.search_params(self.default)]
+        first = [] if self.default is None else [self.default]
+        return [self.search_params(p) for p in (*first, *self.points)]
 
     def search_params(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """A config (CONFIG_KEYS naming) as the Optuna parameters that produce it."""

@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweepboard {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        diverged = getattr(sys.modules.get("trainers.train"), "Diverged", None)  # no torch import for it here
+        if diverged is not None and isinstance(exc, diverged):  # `train` at a rate too high: a result
+            print(f"sweepboard {args.command}: diverged: {exc}", file=sys.stderr)
+            return 3
         lost = _storage_down(exc)
         if lost is not None:
             print(f"sweepboard {args.command}: error: {lost}", file=sys.stderr)

@@ -44,9 +44,9 @@ class SweepConfig:
     estimate_trial_seconds: float | None = None
     grace_period: int = 2  # ASHA: reports (validation rounds) before a trial may be pruned
     reduction_factor: float = 3
-    # Completed adapter (lora/qlora) configurations the method decision needs: proposals take an adapter
-    # method and ASHA keeps adapter trials until there are this many (sweeps/search.py); 0 turns it off.
-    min_adapter_configs: int = 3
+    # The learning rate first per method group (a ladder to a bracket, then capacity at it), and each
+    # group's leader kept past ASHA (sweeps/search.py); false: plain TPE and ASHA.
+    rate_first: bool = True
     storage: str = "runs/sweeps"  # a folder (shared on a cluster), or an object store URI: s3://bucket/prefix
     storage_endpoint: str | None = None  # an S3-compatible endpoint URL; AWS_ENDPOINT_URL_S3 / _URL win
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
@@ -89,6 +89,11 @@ def build(raw: dict[str, Any], source: str) -> SweepConfig:
     problems: list[str] = []
     known = {f.name for f in dataclasses.fields(SweepConfig)} - {"source"}
     for key in sorted(set(raw) - known):
+        if key == "min_adapter_configs":  # the evidence the decision needs is the learning-rate brackets now
+            problems.append(f"{source}: min_adapter_configs: replaced by the learning-rate brackets and one "
+                            "capacity increase (README: The search); remove it (rate_first: false turns the "
+                            "search's rules off)")  # fmt: skip
+            continue
         problems.append(f"{source}: {key}: unknown key; known keys: {', '.join(sorted(known))}")
     cfg = SweepConfig(source=source)
     for key in known & set(raw):
@@ -158,10 +163,9 @@ def _check(cfg: SweepConfig) -> list[str]:
         value = getattr(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             p.append(f"{s}: {key}: {value!r}: must be a positive whole number")
-    value = cfg.min_adapter_configs
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        p.append(f"{s}: min_adapter_configs: {value!r}: must be a whole number >= 0 (3 by default; 0 turns the "
-                 "per-method minimum off)")  # fmt: skip
+    if not isinstance(cfg.rate_first, bool):
+        p.append(f"{s}: rate_first: {cfg.rate_first!r}: true (the learning rate first per method group, the "
+                 "default) or false (plain TPE and ASHA)")  # fmt: skip
     for key in ("estimate_trial_seconds", "reduction_factor"):
         value = getattr(cfg, key)
         if key == "estimate_trial_seconds" and value is None:

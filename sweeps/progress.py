@@ -56,7 +56,8 @@ def snapshot(
         if trial.status == "ERROR":
             counts["failed"] += 1
         elif trial.status == "TERMINATED":
-            counts["done" if last.get("phase") == "final" else "pruned"] += 1
+            phase = last.get("phase")
+            counts["done" if phase == "final" else "failed" if phase == "failed" else "pruned"] += 1
         elif trial.status == "PENDING":
             counts["pending"] += 1
         else:

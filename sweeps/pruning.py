@@ -1,18 +1,22 @@
-"""The pruning side of the method floors (sweeps/search.py explains them): Ray Tune's ASHA, wrapped so that it
-never stops a trial whose method group still needs it to reach its floor."""
+"""The pruning side of the search (sweeps/search.py explains it): Ray Tune's ASHA, wrapped so that the trial
+that leads its method group at a rung is never stopped there.
+
+ASHA compares every trial with every other: when full fine-tuning leads early, it stops the adapters' best
+trial at the first rung, and the method decision is left without a finished adapter run to compare (or the
+other way round). Keeping each group's leader (the best score of its group at that report so far, itself
+included; the first of its group to reach a rung leads it) gives each group a finished run, with a test
+score, while ASHA still stops the ladder's poor rungs early.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from sweeps.search import CONFIG_KEYS, completed, config_key, group_of
-
-LIVE = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
+from search_spaces.rates import group_of, raises_capacity
+from sweeps.search import completed
 
 
 def asha(steps: int, eval_every: int, grace_period: int, reduction_factor: float) -> ASHAScheduler:
@@ -25,48 +29,25 @@ def asha(steps: int, eval_every: int, grace_period: int, reduction_factor: float
 
 
 def scheduler(steps: int, eval_every: int, grace_period: int, reduction_factor: float,
-              floors: Mapping[str, int]) -> TrialScheduler:  # fmt: skip
+              rate_first: bool) -> TrialScheduler:  # fmt: skip
     base = asha(steps, eval_every, grace_period, reduction_factor)
-    return FloorScheduler(base, floors) if floors else base
+    return LeaderScheduler(base) if rate_first else base
 
 
 def reports(steps: int, eval_every: int) -> int:
     return max(1, math.ceil(steps / eval_every))
 
 
-def trial_key(trial: Any) -> tuple[tuple[str, str], ...]:
-    config = getattr(trial, "config", {}) or {}
-    return config_key({k: config.get(k) for k in CONFIG_KEYS})
+class LeaderScheduler(TrialScheduler):
+    """Wraps a scheduler (ASHA) and overrides its stop for the trial that leads its method group."""
 
-
-def keeps(trial: Any, trials: Iterable[Any], floors: Mapping[str, int]) -> bool:
-    """Whether a stop of `trial` must be overridden: it is a new configuration its method group needs to
-    reach its floor (completed + live configurations, itself included, <= the floor)."""
-    group = group_of((getattr(trial, "config", {}) or {}).get("method"))
-    floor = floors.get(group, 0)
-    if not floor:
-        return False
-    done: set[Any] = set()
-    live: set[Any] = set()
-    for other in trials:
-        if other is trial or group_of((getattr(other, "config", {}) or {}).get("method")) != group:
-            continue
-        if other.status == Trial.TERMINATED and completed(getattr(other, "last_result", None)):
-            done.add(trial_key(other))
-        elif other.status in LIVE:
-            live.add(trial_key(other))
-    key = trial_key(trial)
-    return key not in done and len(done | live | {key}) <= floor
-
-
-class FloorScheduler(TrialScheduler):
-    """Wraps a scheduler (ASHA) and overrides its stop for a trial its method group still needs."""
-
-    def __init__(self, base: TrialScheduler, floors: Mapping[str, int], announce: bool = True) -> None:
+    def __init__(self, base: TrialScheduler, announce: bool = True) -> None:
         self.base = base
-        self.floors = dict(floors)
         self.announce = announce  # print each override (the sweep does; the replay does not)
         self.kept: list[str] = []  # trial ids a stop was overridden for, in order
+        # trial id -> (group, {report: score}): the scores a leader is judged against. After a resume it
+        # starts empty, so a trial may be kept that would not have been: one more finished run, not one less.
+        self.scores: dict[str, tuple[str, dict[int, float]]] = {}
         super().__init__()
 
     @property
@@ -88,18 +69,39 @@ class FloorScheduler(TrialScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision = self.base.on_trial_result(tune_controller, trial, result)
-        if decision != TrialScheduler.STOP or completed(result):
+        score, at = result.get("val_quality"), result.get("training_iteration")
+        if completed(result) or not isinstance(score, (int, float)) or not math.isfinite(score) or at is None:
             return decision
-        if not keeps(trial, tune_controller.get_trials(), self.floors):
+        config = getattr(trial, "config", {}) or {}
+        group = group_of(config.get("method"))
+        self.scores.setdefault(trial.trial_id, (group, {}))[1][int(at)] = float(score)
+        if decision != TrialScheduler.STOP:
+            return decision
+        leader = self.leader(group, int(at))
+        if leader == trial.trial_id:
+            why = f"it leads the {group} methods there, and the method decision compares each group's best run"
+        elif leader is not None and group == "adapter" and raises_capacity(config, self._config(tune_controller,
+                                                                                                   leader)):
+            # More rank or broader targets often learn slower at first (all linear layers on the embedded
+            # default: behind at step 20, ahead at step 60): the decision needs it at full length.
+            why = "it raises the leading adapter's capacity at its learning rate, which the decision weighs"
+        else:
             return decision
         self.kept.append(trial.trial_id)
-        method = trial.config.get("method")
-        floor = self.floors[group_of(method)]
         if self.announce:
-            print(f"search: kept trial {trial.trial_id} ({method}), which ASHA would have stopped at report "
-                  f"{result.get('training_iteration')}: the {group_of(method)} methods need {floor} completed "
-                  "configuration(s) for the method decision (min_adapter_configs)", flush=True)  # fmt: skip
+            print(f"search: kept trial {trial.trial_id} ({config.get('method')}), which ASHA would have stopped "
+                  f"at report {at}: {why}", flush=True)  # fmt: skip
         return TrialScheduler.CONTINUE
+
+    def leader(self, group: str, at: int) -> str | None:
+        """The trial with the best score of `group` at report `at` (the earliest on a tie)."""
+        scored = [(s[at], other) for other, (g, s) in self.scores.items() if g == group and at in s]
+        return max(scored, key=lambda x: x[0])[1] if scored else None
+
+    @staticmethod
+    def _config(tune_controller: Any, trial_id: str) -> dict[str, Any]:
+        found = next((t for t in tune_controller.get_trials() if t.trial_id == trial_id), None)
+        return dict(getattr(found, "config", {}) or {})
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
         self.base.on_trial_complete(tune_controller, trial, result)
@@ -111,7 +113,7 @@ class FloorScheduler(TrialScheduler):
         return self.base.choose_trial_to_run(tune_controller)
 
     def debug_string(self) -> str:
-        return f"{self.base.debug_string()}\nfloors {self.floors}, kept {len(self.kept)}"
+        return f"{self.base.debug_string()}\ngroup leaders kept {len(self.kept)}"
 
     def save(self, checkpoint_path: str) -> None:
         self.base.save(checkpoint_path)

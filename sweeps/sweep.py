@@ -74,6 +74,7 @@ def resume(name: str, where: str = "runs/sweeps") -> int:
         state = json.loads(state_file.read_text())
         raw = dict(state["config"])
         source = raw.pop("source", str(state_file))
+        raw.pop("min_adapter_configs", None)  # sweeps started before the learning-rate brackets replaced it
         raw["resources"] = {m: dict(r) for m, r in raw["resources"].items()}
         cfg = sweep_config.build(raw, source)
         space = _load_space(state["space_source"])

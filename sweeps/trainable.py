@@ -23,6 +23,7 @@ from typing import Any
 from ray import tune
 
 from trainers import faults, run_trial
+from trainers.train import Diverged
 
 SEARCHED = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
 FINAL_FILES = ("metrics.json", "test_predictions.jsonl")  # metrics.json first: it marks a finished trial
@@ -51,6 +52,11 @@ def trainable(config: dict[str, Any]) -> None:
     with output_to(folder / LOG_FILE):
         try:
             _run(config, folder / "work", attempt)
+        except Diverged as exc:
+            # Its loss ran away at its first report: the trial ends there as failed, one rung's cost, and is
+            # not retried (the same rate diverges again); the searcher counts the rate as the worst tried.
+            print(f"sweepboard: diverged: {exc}", flush=True)
+            tune.report(failure_result(exc, attempt, time.monotonic() - started))
         except Exception as exc:
             traceback.print_exc()  # into the trial's log, next to what it printed before
             # Tune keeps a raising trial's last report as its result, and that is what the ledger, MLflow

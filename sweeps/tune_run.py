@@ -134,15 +134,19 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
             param_space=param_space(cfg, base, quote),
         )
     else:
-        # TPE from the first points and ASHA, with the method floors of sweeps/search.py.
-        searcher = sweep_search.searcher(space, cfg.min_adapter_configs)
+        # The learning rate first per method group, then TPE; ASHA with each group's leader kept
+        # (sweeps/search.py, sweeps/ladder.py).
+        priors = rate_priors(cfg, steps) if cfg.rate_first else None
+        searcher = sweep_search.searcher(space, priors)
         search = BudgetSearcher(
             ConcurrencyLimiter(searcher, max_concurrent=cfg.concurrency), ledger, cfg.max_trials
         )
-        floors = sweep_search.method_floors(space.method_names, cfg.min_adapter_configs)
         scheduler = pruning.scheduler(steps, int(base.get("eval_every", 20)),
-                                      cfg.grace_period, cfg.reduction_factor, floors)  # fmt: skip
-        note = sweep_search.floor_note(floors, cfg.max_trials)
+                                      cfg.grace_period, cfg.reduction_factor, cfg.rate_first)  # fmt: skip
+        if priors is not None:
+            console.print(f"search: learning-rate priors for {cfg.trial.get('model', 'the model')} at {steps} "
+                          f"steps: adapters {priors.adapter:.2g}, full fine-tuning {priors.full:.2g}")
+        note = sweep_search.evidence_note(space, cfg.max_trials, cfg.rate_first)
         if note:
             console.print(note)
         tuner = tune.Tuner(
@@ -161,6 +165,18 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
     with closing.tune_interrupts() as interrupted:
         books["grid"] = tuner.fit()
         books["status"] = "interrupted" if interrupted() else "finished"  # before the handler is put back
+
+
+def rate_priors(cfg: sweep_config.SweepConfig, steps: int) -> Any:
+    """Where each group's learning-rate ladder starts, from the model's width (its config) and the steps."""
+    from sweeps.ladder import Priors
+    from sweeps.plan_cli import context, sweep_args
+
+    try:
+        hidden = context(sweep_args(cfg), cfg).shape.hidden
+    except (OSError, ValueError):  # a model whose config cannot be read: the prior of a 7-8B model
+        hidden = None
+    return Priors.of(hidden, steps)
 
 
 def tracking_client(uri: str) -> Any:

@@ -178,9 +178,13 @@ def train(
         sched.step()
         state["step"] += 1
         state["train_seconds"] += time.perf_counter() - t0
+        if state.get("first_loss") is None:  # the starting loss: the untrained model's, at step 1
+            state["first_loss"] = distributed.all_sum([sum(window)], world)[0] / len(window)
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
             state["last_loss"] = distributed.all_sum([sum(window)], world)[0] / len(window)
             window.clear()
+            if not state["val"]:  # the first report: a diverged trial stops here, before its validation
+                check_divergence(state["last_loss"], state["first_loss"], state["step"], cfg)
             t0 = time.perf_counter()
             state["val"] = validate(model, val_enc, pad, cfg, device, autocast_dtype)
             model.train()
@@ -197,6 +201,22 @@ def train(
     if not state["val"]:
         state["val"] = validate(model, val_enc, pad, cfg, device, autocast_dtype)
     return {**state, "stopped_early": stopped_early}
+
+
+class Diverged(RuntimeError):
+    """The training loss is not finite, or above the starting loss, at the first report: the learning rate
+    is too high for this configuration. The sweep stops such a trial there and counts it as failed."""
+
+
+DIVERGED_FACTOR = 1.5  # above the starting loss by more than a few batches' noise: 1.5x, or +0.5 nats
+DIVERGED_NATS = 0.5
+
+
+def check_divergence(loss: float, first: float, step: int, cfg: TrialConfig) -> None:
+    if math.isfinite(loss) and loss <= max(first * DIVERGED_FACTOR, first + DIVERGED_NATS):
+        return
+    raise Diverged(f"training loss {loss:.4g} over steps to {step} against {first:.4g} at step 1 "
+                   f"(learning rate {cfg.learning_rate:g}, method {cfg.method}): lower the learning rate")
 
 
 @torch.inference_mode()

@@ -37,10 +37,10 @@ def synthetic_table(best_key: str, seed: int = 0) -> list[dict[str, Any]]:
     return table
 
 
-def test_grid_holds_24_configurations_with_the_sweeps_first_points_first() -> None:
+def test_grid_holds_24_configurations_with_the_sweeps_first_point_first() -> None:
     keys = [record.config_key(c) for c in record.grid_configs()]
     assert len(keys) == len(set(keys)) >= 24
-    assert keys[:3] == ["lora-r16-a32-attention-lr2e-04", "qlora-r16-a32-attention-lr2e-04", "full-lr1e-05"]
+    assert keys[0] == "lora-r16-a32-attention-lr2e-04"  # the production default
     assert {k.split("-")[0] for k in keys} == {"lora", "qlora", "full"}
 
 
@@ -73,6 +73,7 @@ def test_our_search_finds_the_default_at_once_when_the_default_is_best() -> None
     result = replay.replay(table, space, seeds=5, asha=ASHA)
     ours = result["dollars_to_target"]["ours"]["per_seed"]
     assert ours == [1.0] * 5  # the production default is the first point evaluated, and it costs $1
+    assert result["plain_tpe_asha"]["decision_agreement"] is not None
     assert result["dollars_to_target"]["random"]["median"] > 1.0
     assert result["cost_ratio_vs_random"] is not None and result["cost_ratio_vs_random"] < 1.0
     json.dumps(_finite(result))  # serialisable, infinities included
@@ -81,7 +82,7 @@ def test_our_search_finds_the_default_at_once_when_the_default_is_best() -> None
 def test_tpe_finds_a_best_run_elsewhere_within_the_budget() -> None:
     space = load_space(record.GRID)
     table = synthetic_table("full-lr1e-04", seed=1)
-    result = replay.replay(table, space, seeds=4, asha=ASHA)
+    result = replay.replay(table, space, seeds=4, asha=ASHA, baseline=False)
     per_seed = result["dollars_to_target"]["ours"]["per_seed"]
     assert all(math.isfinite(d) and d <= result["budget_usd"] for d in per_seed)
     assert result["trials_run"]["ours"] <= 24
@@ -122,7 +123,7 @@ def test_tpe_models_from_the_trial_after_the_first_points() -> None:
     from sweeps.search import first_points, tpe_sampler
 
     points = first_points(load_space(record.GRID))
-    assert len(points) == 3
+    assert len(points) == 1  # the production default
     sampler = tpe_sampler(len(points), seed=0)
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._n_startup_trials == 3 and tpe_sampler(0)._n_startup_trials == 3  # never fewer than 3
@@ -131,10 +132,50 @@ def test_tpe_models_from_the_trial_after_the_first_points() -> None:
 
 def test_ratios_are_reported_at_other_shares_of_the_best() -> None:
     space = load_space(record.GRID)
-    result = replay.replay(synthetic_table("full-lr1e-04", seed=2), space, seeds=3, asha=ASHA)
+    result = replay.replay(synthetic_table("full-lr1e-04", seed=2), space, seeds=3, asha=ASHA, baseline=False)
     shares = result["by_target_share"]
     assert list(shares) == ["0.90", "0.95", "0.97"]
     assert shares["0.95"]["cost_ratio_vs_random"] == result["cost_ratio_vs_random"]
     assert shares["0.95"]["target_test_quality"] == result["target_test_quality"]
     dollars = [shares[s]["median_dollars"]["random"] for s in shares]
     assert dollars == sorted(dollars)  # a higher target never costs less to reach
+
+
+def priors_135m() -> Any:
+    from sweeps.ladder import Priors
+
+    return Priors.of(576, 60)
+
+
+def test_on_the_recorded_table_the_rate_first_search_decides_as_the_table_and_picks_within_the_margin() -> None:
+    """The replay of the default sweep (8 trials, validation every 20 steps) on the recorded table of the
+    embedded default. The table's answer is to stay with the adapter: its best full run (1e-4, test 0.983)
+    beats its best adapter (LoRA r16 all-linear at 1e-3, 0.973) by less than the 0.02 margin. The sweep the
+    issue reports (LoRA and QLoRA only at 2e-4, full at 1e-5) escalated on a +0.047 gain; plain TPE and
+    ASHA, the same replay without the learning-rate rules, escalates too in most seeds."""
+    table = record.load_table()
+    result = replay.replay(table, load_space(record.GRID), seeds=8, asha={"max_t": 5, "grace_period": 1,
+                           "reduction_factor": 3}, priors=priors_135m(), report_steps=(20, 40, 60),
+                           max_trials=8)  # fmt: skip
+    assert result["truth_escalate"] is False
+    assert result["decision_agreement"] >= 0.9, result["escalated"]
+    assert result["regret"] <= 0.02, result["regret_per_seed"]
+    assert result["plain_tpe_asha"]["decision_agreement"] < 0.9  # the rules make the difference
+
+
+def test_the_decision_escalates_when_the_table_says_full_fine_tuning_is_worth_it() -> None:
+    """A synthetic table where full fine-tuning at 1e-4 is clearly best: the brackets and the capacity
+    trial do not stop a justified escalation."""
+    grid = record.grid_configs()
+    table = []
+    for config in grid:
+        lr = config["learning_rate"]
+        if config["method"] == "full":
+            v = {1e-4: 0.95, 3e-5: 0.85}.get(lr, 0.5)
+        else:
+            v = 0.7 if lr == 1e-3 else 0.6
+        table.append(row(config, [v - 0.1, v - 0.05, v], v, cost=1.0))
+    result = replay.replay(table, load_space(record.GRID), seeds=4, asha=ASHA, priors=priors_135m(),
+                           max_trials=8, baseline=False)  # fmt: skip
+    assert result["truth_escalate"] is True
+    assert result["decision_agreement"] == 1.0, result["escalated"]
