@@ -1,11 +1,13 @@
 """Search efficiency, replayed against the recorded table (bench/record/trials.jsonl).
 
-Three searches spend the same budget on the same table, one trial at a time as the default sweep runs:
-- ours: the sweep's own search (sweeps/search.py): Optuna's TPE from the sweep's first points, with the
-  method floors (proposals take an adapter method until `min_adapter_configs` adapter configurations have
-  completed), over bench/grid.yaml; Ray Tune's own ASHAScheduler, behind the sweep's floor rule, decides
-  from each recorded validation curve whether the trial would have been stopped at a rung (a stopped
-  trial costs what it had spent at that report, gets no test score, and is told to Optuna as pruned);
+Searches spend the same budget on the same table, one trial at a time as the default sweep runs:
+- ours: the sweep's own search (sweeps/search.py, sweeps/ladder.py): the production default, then the
+  learning rate first per method group (the ladder's rungs, enqueued in the Optuna study), one adapter
+  capacity increase, then TPE with the bracketed rates held, over bench/grid.yaml; Ray Tune's own
+  ASHAScheduler, behind the sweep's leader rule, decides from each recorded validation curve whether the
+  trial would have been stopped at a rung (a stopped trial costs what it had spent at that report, gets no
+  test score, and is told to Optuna as pruned);
+- plain_tpe_asha: the same without the learning-rate rules (TPE from the default, plain ASHA);
 - random: the grid's configurations in a random order, each trained to the end;
 - grid: the grid in its file order, each trained to the end (the same for every seed).
 
@@ -105,7 +107,7 @@ def run_trial(row: Row, scheduler: Any | None, trial_id: str, trials: list[Any] 
 
 
 def tell(study: Any, trial: Any, row: Row, outcome: Outcome) -> None:
-    """What the sweep's searcher tells Optuna (sweeps.search.TellPruned around Ray's OptunaSearch): every
+    """What the sweep's searcher tells Optuna (sweeps.search.GuidedSearch around Ray's OptunaSearch): every
     validation report as an intermediate value; a finished trial's final score, or a stopped one as pruned."""
     import optuna
 

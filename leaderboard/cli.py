@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from leaderboard.decision import DEFAULT_MIN_ADAPTER_CONFIGS, Decision, decide
+from leaderboard import ranges as space_ranges
+from leaderboard.decision import Decision, decide
 from leaderboard.exports import FORMATS, export, export_all
 from leaderboard.load import load_runs
 from leaderboard.rank import DEFAULT_MARGIN, rank_runs
+from search_spaces.rates import UNKNOWN_RANGE, RateRange
 
 
 @dataclass
@@ -24,23 +26,31 @@ class Board:
 
 
 def build(names: Sequence[str], tracking_uri: str | None = None, min_quality: float | None = None,
-          margin: float = DEFAULT_MARGIN, min_adapter_configs: int = DEFAULT_MIN_ADAPTER_CONFIGS) -> Board:
+          margin: float = DEFAULT_MARGIN, ranges: dict[str, RateRange] | None = None) -> Board:
     """Load from MLflow, rank and decide: everything a caller needs to export.
 
-    `min_adapter_configs`: completed LoRA/QLoRA configurations needed before full fine-tuning may be
-    recommended (a sweep passes its own).
+    `ranges`: the search space's learning-rate range per method group, for the decision's rate brackets (a
+    sweep passes its own space's); None reads the space named by the sweeps' parent runs (param "space"),
+    and where that cannot be read the decision assumes UNKNOWN_RANGE.
     """
     df, warnings = load_runs(list(names), tracking_uri)
     ranked = rank_runs(df, min_quality=min_quality, margin=margin)
-    decision = decide(ranked, margin, min_adapter_configs)
+    if ranges is None:
+        sources = list(df.attrs.get("spaces", []))
+        ranges = space_ranges.from_sources(sources)
+        if ranges is None and sources:
+            warnings.append(f"cannot read the search space {sources[0]!r} of the sweep's parent run here: the "
+                            f"learning-rate brackets assume the range {UNKNOWN_RANGE.low:g}..{UNKNOWN_RANGE.high:g} "
+                            "for every method")
+    decision = decide(ranked, margin, ranges)
     return Board(ranked, decision, warnings + list(ranked.attrs.get("warnings", [])))
 
 
 def write_leaderboard(names: Sequence[str], out_dir: str | Path, tracking_uri: str | None = None,
                       min_quality: float | None = None, margin: float = DEFAULT_MARGIN,
-                      min_adapter_configs: int = DEFAULT_MIN_ADAPTER_CONFIGS) -> list[Path]:
+                      ranges: dict[str, RateRange] | None = None) -> list[Path]:
     """For the end of a sweep: leaderboard.csv/.json/.md/.html in `out_dir`, to log to the parent run."""
-    board = build(names, tracking_uri, min_quality, margin, min_adapter_configs)
+    board = build(names, tracking_uri, min_quality, margin, ranges)
     return export_all(board.ranked, board.decision, out_dir, board.warnings)
 
 
@@ -70,10 +80,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--margin", type=_quality, default=DEFAULT_MARGIN,
                         help="how much full fine-tuning must beat the best LoRA/QLoRA run by to be "
                              "recommended, in quality units (default 0.02 = 2 points)")
-    parser.add_argument("--min-adapter-configs", type=_count, default=DEFAULT_MIN_ADAPTER_CONFIGS,
-                        metavar="N",
-                        help="completed LoRA/QLoRA configurations needed before full fine-tuning may be "
-                             f"recommended (default {DEFAULT_MIN_ADAPTER_CONFIGS})")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.set_defaults(func=run)
@@ -85,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        board = build(args.names, args.tracking_uri, args.min_quality, args.margin, args.min_adapter_configs)
+        board = build(args.names, args.tracking_uri, args.min_quality, args.margin)
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -119,12 +125,3 @@ def _quality(text: str) -> float:
         )
     return value
 
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of configurations, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more configurations, got {value}")
-    return value

@@ -7,9 +7,12 @@ reported ones, are then compared, example by example (choose.py, paired.py). Esc
 
 1. margin: the full run's test quality beats the adapter run's by more than the margin;
 2. significance: a paired test on the per-example test scores finds that gain significant (p < 0.05);
-3. adapter_configs: the adapters were given a fair chance, with at least `min_adapter_configs` distinct
-   configurations (method, rank, alpha, targets, dropout, learning rate) that reached a test score.
+3. adapter_rate_bracketed: LoRA's learning rate is bracketed on validation (search_spaces/rates.py): its
+   best rate has a lower-scoring neighbour one ladder step away on each side, or the search range's edge;
+4. full_rate_bracketed: the same for full fine-tuning, so neither method loses on an untuned rate;
+5. adapter_capacity: a higher rank or broader target modules was tried at LoRA's bracketed best rate.
 
+Conditions 3-5 (evidence.py) make the adapter's limit a measured one, not a rate or a rank left untried.
 Otherwise the adapter run is recommended, and the decision says which condition failed and what to run next.
 The recommended run of a family is the one with the most validation quality per dollar among its runs at or
 above the validation floor (the quality floor applied to val_quality).
@@ -22,21 +25,23 @@ from typing import Any
 
 import pandas as pd
 
-from leaderboard import choose, fmt, paired
+from leaderboard import choose, evidence, fmt, paired
 from leaderboard.decision_text import (
     CONDITIONS,
+    capacity_line,
     conditions_line,
     describe,
     mb,
     next_step,
+    rate_line,
     ratio,
     score,
     times,
 )
 from leaderboard.rank import DEFAULT_FLOOR_FRACTION, DEFAULT_MARGIN
+from search_spaces.rates import RateRange
 
 ADAPTER_METHODS = ("lora", "qlora")
-DEFAULT_MIN_ADAPTER_CONFIGS = 3
 # What makes two adapter runs the same configuration (the searched settings).
 CONFIG_COLUMNS = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
 _EPS = 1e-9  # 0.83 - 0.81 is 0.0200000000000000018 in floats: exactly the margin must not count as beating it
@@ -65,24 +70,27 @@ class Decision:
     val_floor: float | None = None
     full_vs_adapter_p_value: float | None = None
     full_vs_adapter_test: str | None = None  # mcnemar-exact | paired-bootstrap | interval-overlap | None
-    adapter_configs_completed: int = 0
-    min_adapter_configs: int = DEFAULT_MIN_ADAPTER_CONFIGS
+    adapter_configs_completed: int = 0  # informative: distinct adapter configurations with a test score
     escalation_conditions: dict[str, bool | None] = field(default_factory=dict)
     escalation_blocked_by: str | None = None  # the first failed condition of CONDITIONS, or None
     next_step: str | None = None
     lines: list[str] = field(default_factory=list)
+    # The learning-rate evidence as data (evidence.py): {"adapter": bracket | None, "full": bracket | None},
+    # the adapter capacity tried at the bracketed rate, and the ranges the brackets were judged in.
+    brackets: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    capacity: list[dict[str, Any]] = field(default_factory=list)
+    rate_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def decide(ranked: pd.DataFrame, margin: float | None = None,
-           min_adapter_configs: int = DEFAULT_MIN_ADAPTER_CONFIGS) -> Decision:
+           ranges: dict[str, RateRange] | None = None) -> Decision:
     """The decision for a board from rank_runs (its floors, margin and per-example scores come from
-    `ranked.attrs`)."""
-    if min_adapter_configs < 0:
-        raise ValueError(f"min_adapter_configs must be >= 0 completed adapter configurations, got "
-                         f"{min_adapter_configs}")
+    `ranked.attrs`). `ranges`: the search space's learning-rate range per method group (rate_ranges of
+    search_spaces/rates.py), where a bracket may close at the edge; None (or a group missing) assumes
+    UNKNOWN_RANGE."""
     margin = ranked.attrs.get("margin", DEFAULT_MARGIN) if margin is None else margin
     scores = ranked.attrs.get("scores") or {}
     measured = ranked[ranked["test_quality"].notna()]
@@ -99,6 +107,7 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
     full_row = choose.best_by_validation(measured[measured["method"] == "full"])
     baseline_quality = None if base_row is None else float(base_row["test_quality"])
     configs = adapter_configs(measured)
+    found = evidence.gather(ranked, ranges)
 
     lines = [f"Chosen on validation ({choose.SELECTION_COLUMN}, the split the search used): the best baseline, "
              "adapter and full runs below have the highest validation quality of their kind, the recommended "
@@ -114,6 +123,10 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
                      f"{score(adapter_row)} for {fmt.usd(adapter_row['cost_usd'])}.")
     else:
         lines.append("No LoRA/QLoRA run has both a validation and a test quality.")
+    if found.adapter is not None:  # what limit LoRA hit: its rate, bracketed or not, and its capacity
+        lines.append(rate_line(found.adapter))
+        if found.adapter.bracketed:
+            lines.append(capacity_line(found.adapter, found.capacity))
 
     gain = multiple = escalate = None
     test = p_value = None
@@ -128,14 +141,14 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
         else:  # no per-example scores to pair: non-overlapping 95% intervals stand in (said in the warnings)
             test = "interval-overlap"
             significant = gain > 0 and not _overlap(full_row, adapter_row)
-        conditions = {"margin": gain > margin + _EPS, "significance": significant,
-                      "adapter_configs": configs >= min_adapter_configs}
+        conditions = {"margin": gain > margin + _EPS, "significance": significant, **found.conditions()}
         escalate = all(conditions.values())
         lines.append(f"Full fine-tuning: best run {describe(full_row)} at {score(full_row)} for "
                      f"{fmt.usd(full_row['cost_usd'])}, {fmt.signed(gain)} test {unit} over the best adapter run "
                      f"at {times(multiple)} its cost.")
-        lines.append(conditions_line(conditions, gain, margin, test, p_value, result, configs,
-                                      min_adapter_configs))
+        if found.full is not None:
+            lines.append(rate_line(found.full))
+        lines.append(conditions_line(conditions, gain, margin, test, p_value, result))
     elif full_row is not None:
         lines.append(f"Full fine-tuning: best run {describe(full_row)} at {score(full_row)}; "
                      "no adapter run to compare it with.")
@@ -143,7 +156,7 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
         lines.append("No full fine-tuning run: escalation was not measured "
                      "(nor needed unless LoRA falls short).")
     blocked = next((name for name in CONDITIONS if conditions.get(name) is False), None)
-    advice = next_step(blocked, configs, min_adapter_configs, full_row, adapter_row)
+    advice = next_step(blocked, found, full_row, adapter_row)
 
     recommended, reason = _recommend(ranked, base_row, adapter_row, full_row, escalate, margin, val_floor)
     if recommended is not None:
@@ -165,8 +178,8 @@ def decide(ranked: pd.DataFrame, margin: float | None = None,
         full_gain=gain, full_cost_multiple=multiple, escalate_to_full=escalate, margin=float(margin),
         min_quality=None if floor is None else float(floor), metric=metric,
         val_floor=None if val_floor is None else float(val_floor), full_vs_adapter_p_value=p_value,
-        full_vs_adapter_test=test, adapter_configs_completed=configs, min_adapter_configs=min_adapter_configs,
-        escalation_conditions=conditions, escalation_blocked_by=blocked, next_step=advice, lines=lines,
+        full_vs_adapter_test=test, adapter_configs_completed=configs, escalation_conditions=conditions,
+        escalation_blocked_by=blocked, next_step=advice, lines=lines, **found.to_dict(),
     )
 
 
@@ -203,7 +216,7 @@ def _recommend(
                       f"more than the {margin:.3g} margin")
     if escalate and full is not None:
         return full, ("the best full fine-tuning run by validation, which beats the best adapter run "
-                      "significantly and by more than the margin")
+                      "significantly and by more than the margin, both learning rates bracketed")
     family = ADAPTER_METHODS if adapter is not None else ("full",)
     rows = choose.eligible(ranked[ranked["method"].isin(family)])
     above = rows if val_floor is None else rows[rows["val_quality"] >= val_floor - _EPS]

@@ -23,7 +23,11 @@ FILE_NAMES = {"csv": "leaderboard.csv", "json": "leaderboard.json", "md": "leade
 
 
 def to_csv(ranked: pd.DataFrame) -> str:
-    return ranked.to_csv(index=False, quoting=csv.QUOTE_MINIMAL)
+    out = ranked
+    if "val_curve" in ranked:  # a step -> value dict: JSON in its cell, not a Python repr
+        out = ranked.assign(val_curve=[None if not isinstance(c, dict) else json.dumps(c, allow_nan=False)
+                                       for c in ranked["val_curve"]])
+    return out.to_csv(index=False, quoting=csv.QUOTE_MINIMAL)
 
 
 def to_json(ranked: pd.DataFrame, decision: Decision, warnings: Sequence[str] = ()) -> str:

@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from leaderboard.curves import val_curve
 from tracking.names import (
     ARTIFACT_PREDICTIONS,
     TAG_ERROR,
@@ -40,7 +41,7 @@ RAW_COLUMNS = (
     "lora_dropout", "learning_rate", "steps", "batch_size", "model", "precision", "metric", "test_quality",
     "val_quality", "n_test", "cost_usd", "device_hours", "peak_memory_mb", "adapter_mb", "trainable_params",
     "tokens_per_second", "truncated_train", "truncated_val", "truncated_test", "git_commit",
-    "test_set_sha256", "error", "start_time", "scores",
+    "test_set_sha256", "error", "start_time", "scores", "val_curve",
 )
 # Examples cut to max_seq_len, per split (metrics written by the trial; older runs have none).
 TRUNCATION_METRICS = ("truncated_train", "truncated_val", "truncated_test")
@@ -55,7 +56,9 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
 
     The reference test set is the one the first sweep's parent run (that has one) is tagged with, or else the
     most common among runs that have a test quality. Each scored run's per-example test scores (its
-    test_predictions.jsonl, one line per locked test row) come along in "scores", for the paired tests.
+    test_predictions.jsonl, one line per locked test row) come along in "scores", for the paired tests; each
+    trial run's validation curve (val_quality by training step) in "val_curve", for the learning-rate
+    brackets of the decision; the parent runs' search spaces (param "space") in `attrs["spaces"]`.
     Returns the rows and human-readable warnings about what was left out or is doubtful.
     Raises LookupError when a sweep has no experiment.
     """
@@ -70,6 +73,7 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
     warnings: list[str] = []
     rows: list[dict[str, Any]] = []
     parent_shas: list[str] = []
+    spaces: list[str] = []  # each parent run's search space (param "space"), for the decision's rate ranges
     for name in names:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -87,8 +91,12 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
                 sha = run.data.tags.get(TAG_TEST_SHA)
                 if sha:
                     parent_shas.append(sha)
+                if run.data.params.get("space"):
+                    spaces.append(run.data.params["space"])
             elif role in ("trial", "baseline"):
                 rows.append(_row(name, run))
+                if role == "trial":  # every status: a pruned or diverged trial still bounds a learning rate
+                    rows[-1]["val_curve"] = val_curve(client, run)
             else:
                 unknown += 1
         if len(rows) == before:
@@ -109,6 +117,7 @@ def load_runs(names: list[str], tracking_uri: str | None = None) -> tuple[pd.Dat
     warnings += _truncation(df)
     df = normalise_dtypes(df.reset_index(drop=True))
     df.attrs["sweeps"] = list(names)
+    df.attrs["spaces"] = spaces
     return df, warnings
 
 
@@ -186,6 +195,7 @@ def _row(sweep: str, run: Run) -> dict[str, Any]:
         "error": tags.get(TAG_ERROR) or None,
         "start_time": run.info.start_time,
         "scores": None,
+        "val_curve": None,
     }
 
 

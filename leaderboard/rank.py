@@ -23,7 +23,7 @@ COLUMNS = (
     "tied_with_best", "p_vs_best", "tie_test", "below_floor", "status", "peak_memory_mb", "adapter_mb",
     "trainable_params", "git_commit", "test_set_sha256", "role", "trial_id", "lora_dropout", "steps",
     "batch_size", "model", "precision", "tokens_per_second", "truncated_train", "truncated_val",
-    "truncated_test", "error",
+    "truncated_test", "error", "val_curve",
 )
 TIE_OVERLAP = "interval-overlap"  # tie_test when the pair has no per-example scores to pair
 

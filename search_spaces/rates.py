@@ -160,7 +160,7 @@ def bracket(tried: Sequence[Tried], group: str, rates: RateRange, prior: float |
     members = [t for t in mine if t.family == family]
     step = _common_step(members)
     points = _points(members, step)
-    if not points:
+    if not points or family is None:
         return None
     best_rate = max(points, key=lambda r: (points[r][0], -r))
     best_score, best_label = points[best_rate]

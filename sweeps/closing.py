@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -18,6 +18,9 @@ from sweeps import config as sweep_config
 from sweeps import storage
 from sweeps.runtime import record_end
 from tracking import names
+
+if TYPE_CHECKING:
+    from search_spaces.rates import RateRange
 
 console = Console(highlight=False)
 
@@ -77,7 +80,7 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
     out_dir = root / "leaderboard"
     paths: list[Path] = []
     try:
-        board = build([cfg.name], uri, None, 0.02, min_adapter_configs=cfg.min_adapter_configs)
+        board = build([cfg.name], uri, None, 0.02, ranges=rate_ranges(cfg))
         paths = export_all(board.ranked, board.decision, out_dir, board.warnings)
         from leaderboard import export
 
@@ -113,3 +116,11 @@ def finish(cfg: sweep_config.SweepConfig, client: Any, parent: str, books: dict[
                   f"http://127.0.0.1:5000{mlflow_store.ui_path(experiment)}")
     if lost and sys.exc_info()[1] is None:  # else what is raising already says it (the first failure)
         raise lost[0]
+
+
+def rate_ranges(cfg: sweep_config.SweepConfig) -> dict[str, RateRange] | None:
+    """The sweep's search space's learning-rate range per method group: where the decision's rate brackets
+    may close at the edge of what the sweep could try. None (UNKNOWN_RANGE) when the space cannot be read."""
+    from leaderboard.ranges import from_space
+
+    return from_space(cfg.space)

@@ -107,7 +107,7 @@ def prepare(name: str, run: str | None, merge: bool, out: Path, force: bool = Fa
                           f"{', '.join(known) or 'none'} (give --storage if it lives elsewhere)")  # fmt: skip
     sweep_cfg = _sweep_config(root)
     uri = mlflow_conn.tracking_uri(tracking_uri or sweep_cfg.tracking_uri)
-    board = _board(name, root, uri, sweep_cfg.min_adapter_configs)
+    board = _board(name, root, uri)
     row, recommended, reason = _choose(board, run, name, root, uri)
     work = root / f"trial_{row.get('trial_id')}" / "work"
     if is_remote(storage):  # the bucket's final checkpoint: metrics, predictions, adapter or model
@@ -126,18 +126,23 @@ def prepare(name: str, run: str | None, merge: bool, out: Path, force: bool = Fa
     return Plan(name, root, row, work, metrics, cfg, kind, base, out.resolve(), recommended, reason, uri, force)
 
 
-def _board(name: str, root: Path, uri: str, min_adapter_configs: int) -> dict[str, Any]:
-    """The sweep's leaderboard.json, or the same document rebuilt from MLflow when it is missing."""
+def _board(name: str, root: Path, uri: str) -> dict[str, Any]:
+    """The sweep's leaderboard.json, or the same document rebuilt from MLflow when it is missing (its rate
+    brackets judged in the sweep's own search space, as at the sweep's end)."""
     path = root / "leaderboard" / "leaderboard.json"
     if path.is_file():
         return dict(json.loads(path.read_text()))
     from leaderboard import build
     from leaderboard.exports import to_json
+    from leaderboard.ranges import from_space
     from leaderboard.rank import DEFAULT_MARGIN
+
+    state = json.loads((root / STATE_FILE).read_text())  # prepare checked that it exists
+    ranges = from_space(state.get("space_source"))
 
     print(f"sweepboard export: no {path}; building the leaderboard from MLflow ({uri})", flush=True)
     try:
-        board = build([name], uri, None, DEFAULT_MARGIN, min_adapter_configs=min_adapter_configs)
+        board = build([name], uri, None, DEFAULT_MARGIN, ranges=ranges)
     except LookupError as exc:
         raise ExportError(f"sweep {name!r}: cannot build its leaderboard: {exc}") from exc
     return dict(json.loads(to_json(board.ranked, board.decision, board.warnings)))

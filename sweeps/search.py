@@ -110,19 +110,24 @@ class GuidedSearch(Searcher):
         return self.searcher.mode
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        study = getattr(self.searcher, "_ot_study", None)  # Ray's OptunaSearch keeps its study here
-        if self.priors is not None and study is not None and trial_id not in self.searcher._ot_trials:
+        # Ray's OptunaSearch keeps its study and its trials by Tune trial id here (a trial asked again, as on
+        # a restore, already has its Optuna trial: nothing to plan for it).
+        study = getattr(self.searcher, "_ot_study", None)
+        if self.priors is not None and study is not None and trial_id not in self._ot_trials():
             plan_next(study, self.space, self.priors)
         return self.searcher.suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         self.searcher.on_trial_result(trial_id, result)
 
+    def _ot_trials(self) -> dict[str, Any]:
+        return dict(getattr(self.searcher, "_ot_trials", None) or {})
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        if (result or {}).get("phase") == "failed" and str(result.get("error", "")).startswith("Diverged"):  # type: ignore[union-attr]
-            ot_trial = self.searcher._ot_trials.get(trial_id)
+        if result and result.get("phase") == "failed" and str(result.get("error", "")).startswith("Diverged"):
+            ot_trial = self._ot_trials().get(trial_id)
             if ot_trial is not None:
                 ot_trial.set_user_attr(ladder.DIVERGED, True)  # a rung the bracket rule counts as worst
         if error or not result or result.get("phase") == "failed":
@@ -160,18 +165,28 @@ class GuidedSearch(Searcher):
         self.searcher.restore(checkpoint_path)
 
 
-def evidence_note(space: Any, max_trials: int, rate_first: bool) -> str | None:
-    """A line for the start of a sweep: what evidence the method decision needs, and whether max_trials
-    can hold it (else the decision will name what is missing and recommend the adapter)."""
+def evidence_note(space: Any, max_trials: int, rate_first: bool, budget_usd: float | None = None,
+                  estimates: Mapping[str, float] | None = None) -> str | None:
+    """A line for the start of a sweep: what evidence the method decision needs, and whether max_trials and
+    the budget can hold it (else the decision will name what is missing and recommend the adapter)."""
     if not rate_first:
         return None
-    need = ladder.evidence_trials(space)
     groups = {group_of(m) for m in space.method_names}
     if groups != {"adapter", "full"}:
         return None
+    need = ladder.evidence_trials(space)
     note = (f"search: learning rate first: each method group's rate is bracketed on a ladder ~3x apart, then one "
             f"adapter capacity increase at it; escalating to full fine-tuning needs about {need} trials of that")
+    short = []
     if max_trials < need:
-        note += (f"; max_trials {max_trials} cannot hold them, so the decision can only recommend the adapter "
-                 f"(raise TRIALS to {need} or more for a decision that can escalate)")  # fmt: skip
+        short.append(f"max_trials {max_trials} cannot hold them (raise TRIALS to {need} or more)")
+    if budget_usd is not None and estimates:
+        full = min(3, need - 1)
+        adapter_method = (space.default or {}).get("method") or next(m for m in space.method_names if m != "full")
+        cost = (need - full) * estimates.get(adapter_method, 0.0) + full * estimates.get("full", 0.0)
+        if cost > budget_usd:
+            short.append(f"the budget ${budget_usd:.4g} buys less than their projected ${cost:.4g} (raise BUDGET)")
+    if short:
+        note += ("; " + " and ".join(short) + ", so the decision can only recommend the adapter and name the "
+                 "trials still missing")
     return note

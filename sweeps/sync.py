@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.tracking import MlflowClient
 
@@ -30,6 +30,9 @@ from tracking import mlflow_conn as conn
 from tracking import mlflow_store as store
 from tracking.names import ARTIFACT_METRICS, TAG_GIT_COMMIT, TAG_STATUS
 from trainers.config import ConfigError
+
+if TYPE_CHECKING:
+    from search_spaces.rates import RateRange
 
 BASELINE_ID = "baseline"  # the baseline's folder in the sweep's, and the end of its trial id
 
@@ -143,7 +146,7 @@ def sync_parent(client: MlflowClient, parent_id: str, spent: float, children_cha
         changed = True
     has_board = any(name.startswith("leaderboard.") for name in store.artifact_names(client, parent_id))
     stale = children_changed or changed or not has_board
-    paths = write_board(sweep, uri, root / "leaderboard", _min_adapter_configs(root)) if stale else []
+    paths = write_board(sweep, uri, root / "leaderboard", _rate_ranges(root)) if stale else []
     if paths:
         push(root / "leaderboard")
     status = json.loads((root / STATE_FILE).read_text()).get("ended") or "interrupted"
@@ -153,20 +156,21 @@ def sync_parent(client: MlflowClient, parent_id: str, spent: float, children_cha
     return changed
 
 
-def _min_adapter_configs(root: Path) -> int:
-    """The sweep's own min_adapter_configs (its config as saved in the sweep folder), else the default."""
-    from leaderboard.decision import DEFAULT_MIN_ADAPTER_CONFIGS
+def _rate_ranges(root: Path) -> dict[str, RateRange] | None:
+    """The learning-rate ranges of the sweep's search space (its source as saved in the sweep folder), for
+    the decision's rate brackets; None when the folder or the space cannot be read."""
+    from leaderboard.ranges import from_space
 
     state = json.loads((root / STATE_FILE).read_text()) if (root / STATE_FILE).is_file() else {}
-    return int(state.get("config", {}).get("min_adapter_configs", DEFAULT_MIN_ADAPTER_CONFIGS))
+    return from_space(state.get("space_source"))
 
 
-def write_board(sweep: str, uri: str, out_dir: Path, min_adapter_configs: int) -> list[Path]:
+def write_board(sweep: str, uri: str, out_dir: Path, ranges: dict[str, RateRange] | None) -> list[Path]:
     """The leaderboard files, as at the end of a sweep; none (with a warning) if it cannot be built."""
     from leaderboard import build, export, export_all
 
     try:
-        board = build([sweep], uri, None, 0.02, min_adapter_configs=min_adapter_configs)
+        board = build([sweep], uri, None, 0.02, ranges=ranges)
         paths = export_all(board.ranked, board.decision, out_dir, board.warnings)
         export(board.ranked, board.decision, "table", None, board.warnings)
     except Exception as exc:  # noqa: BLE001  the runs are synced either way; say why the board is missing

@@ -86,7 +86,7 @@ def _drop_remote(remote: storage.Remote, only: str | None) -> list[str]:
         if rel.startswith("trial_") and "/" in rel:
             by_trial[rel.split("/", 1)[0]].append(rel)
     deleted = []
-    for trial, keys in sorted(by_trial.items()):
+    for keys in by_trial.values():
         finished = any(k.endswith(f"/{FINISHED_MARK}") and "/checkpoint_" in k for k in keys)
         if not finished:
             continue

@@ -146,7 +146,8 @@ def run_sweep(cfg: sweep_config.SweepConfig, budget_usd: float, space: Any, quot
         if priors is not None:
             console.print(f"search: learning-rate priors for {cfg.trial.get('model', 'the model')} at {steps} "
                           f"steps: adapters {priors.adapter:.2g}, full fine-tuning {priors.full:.2g}")
-        note = sweep_search.evidence_note(space, cfg.max_trials, cfg.rate_first)
+        note = sweep_search.evidence_note(space, cfg.max_trials, cfg.rate_first, budget_usd - baseline_cost,
+                                          estimates)
         if note:
             console.print(note)
         tuner = tune.Tuner(

@@ -31,18 +31,22 @@ LORA = {"rank": "16", "alpha": "32", "target_modules": "q_proj,k_proj,v_proj,o_p
 
 
 def log_sweep(client: MlflowClient, root: Path, name: str, metric: str, trials: list[dict[str, Any]],
-              parent_sha: str | None = SHA) -> None:
-    """One experiment: a parent run (tagged with `parent_sha` unless None) and one child run per trial.
+              parent_sha: str | None = SHA, parent_params: dict[str, str] | None = None) -> None:
+    """One experiment: a parent run (tagged with `parent_sha` unless None, with `parent_params`) and one child
+    run per trial.
 
     A trial: name, method, metrics (finals), and optionally role, status, error, params, val (validation
-    quality, default the test quality), sha (None: no test-set tag), trial_id, scores (written as
-    test_predictions.jsonl, one line per example).
+    quality, default the test quality; logged at steps 5 and 10 as val/2 and val), curve (step -> validation
+    quality instead: val_quality at each step, the finals at the last), sha (None: no test-set tag),
+    trial_id, scores (written as test_predictions.jsonl, one line per example).
     """
     experiment_id = client.create_experiment(name, artifact_location=(root / "artifacts" / name).as_uri())
     parent_tags = {TAG_SWEEP: name, TAG_ROLE: "sweep"}
     if parent_sha is not None:
         parent_tags[TAG_TEST_SHA] = parent_sha
     parent = client.create_run(experiment_id, run_name=f"{name}-sweep", tags=parent_tags)
+    if parent_params:
+        client.log_batch(parent.info.run_id, params=[Param(k, v) for k, v in parent_params.items()])
     for i, trial in enumerate(trials):
         method = trial["method"]
         tags = {TAG_PARENT: parent.info.run_id, TAG_SWEEP: name, TAG_ROLE: trial.get("role", "trial"),
@@ -59,10 +63,11 @@ def log_sweep(client: MlflowClient, root: Path, name: str, metric: str, trials: 
         now = int(time.time() * 1000)
         finals = dict(trial["metrics"])
         val = trial.get("val", finals.get("test_quality"))
+        curve = trial.get("curve", {} if val is None else {5: float(val) / 2, 10: float(val)})
         # Finals at the last step, after a validation curve: MLflow shows a metric's value at its highest step.
-        metrics = [Metric(k, float(v), now, 10) for k, v in finals.items()]
-        if val is not None:
-            metrics += [Metric("val_quality", float(val) / 2, now, 5), Metric("val_quality", float(val), now, 10)]
+        last = max(curve, default=10)
+        metrics = [Metric(k, float(v), now, last) for k, v in finals.items()]
+        metrics += [Metric("val_quality", float(v), now, step) for step, v in curve.items()]
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()], metrics=metrics)
         if "scores" in trial:
             examples = [{"expected": "a", "predicted": "b", "score": s} for s in trial["scores"]]

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 
 import pytest
 
-from leaderboard.decision import adapter_configs, decide
+from leaderboard.decision import Decision, adapter_configs, decide
 from leaderboard.rank import rank_runs
+from search_spaces.rates import RateRange
+
+BLOCKED_ALL = "margin, significance, adapter_rate_bracketed, full_rate_bracketed, adapter_capacity"
 
 
 def hits(n: int, right: int, start: int = 0) -> list[float]:
@@ -53,29 +58,95 @@ def test_full_within_margin_keeps_the_cheapest_good_adapter(frame, make_row, swe
     assert "Best LoRA/QLoRA run (of 2 completed configuration(s)): lora_a" in text
     assert "+0.015 test exact_match over the best adapter run at 4.0x its cost" in text
     assert "gain +0.015 > margin 0.02: not met" in text
-    assert "Escalation is blocked by margin, significance, adapter_configs: full fine-tuning is not" in text
+    assert f"Escalation is blocked by {BLOCKED_ALL}: full fine-tuning is not" in text
     assert "Recommended: lora_b (lora, r=32, alpha=64, lr=2e-4" in text
     assert "test 0.780" in text and "(val 0.780)" in text and "cost $0.50" in text and "adapter 12.2 MB" in text
 
 
-def test_all_three_conditions_met_escalates(frame, make_row) -> None:
-    n = 400
-    rows = [*three_adapters(make_row, n),
-            make_row("full_big", "full", 0.90, 6.0, n_test=n, scores=hits(n, 360)),
-            make_row("full_small", "full", 0.85, 3.0, n_test=n, scores=hits(n, 340), val_quality=0.84)]
-    decision = decide(rank_runs(frame(*rows)))
-    assert decision.escalate_to_full is True
-    assert decision.escalation_blocked_by is None
-    assert decision.escalation_conditions == {"margin": True, "significance": True, "adapter_configs": True}
-    assert decision.adapter_configs_completed == 3
-    assert decision.best_full is not None and decision.best_full["run_name"] == "full_big"
-    # full_big right on every example lora_a gets right and 40 more: McNemar p = 2 x 0.5^40.
+def bracketed(make_row, n: int = 400) -> list[dict]:
+    """Both learning rates bracketed on validation curves and more LoRA capacity tried at its best rate.
+
+    LoRA (r=16, attention): 1e-3 beats 3e-4 and 3e-3 (diverged) at step 20; all-linear at 1e-3 gains 0.03.
+    Full: 1e-4 beats 3e-5 and 3e-4 at step 40. The best adapter by validation is lora-all (test 320/400),
+    the best full run full-1e-4 (360/400): +0.10, McNemar p = 2 x 0.5^40."""
+    lora = {"target_modules": "attention", "lora_dropout": 0.05, "n_test": n}
+    return [
+        make_row("base", "none", 0.40, 0.05, n_test=n, scores=hits(n, 160)),
+        make_row("lora-3e-4", "lora", 0.74, 1.0, learning_rate=3e-4, val_quality=0.78, scores=hits(n, 296),
+                 val_curve={10: 0.70, 20: 0.78}, **lora),
+        make_row("lora-1e-3", "lora", 0.78, 1.0, learning_rate=1e-3, val_quality=0.86, scores=hits(n, 312),
+                 val_curve={10: 0.75, 20: 0.86}, **lora),
+        make_row("lora-3e-3", "lora", None, 0.2, learning_rate=3e-3, status="failed",
+                 error="Diverged: training loss 40.1 over steps to 10 against 2.3 at step 1", **lora),
+        make_row("lora-oom", "lora", None, 0.1, learning_rate=2e-3, status="failed", error="CUDA out of memory",
+                 **lora),
+        make_row("lora-all", "lora", 0.80, 1.3, learning_rate=1e-3, val_quality=0.89, scores=hits(n, 320),
+                 val_curve={10: 0.77, 20: 0.89}, **{**lora, "target_modules": "all-linear"}),
+        make_row("full-3e-5", "full", 0.86, 6.0, learning_rate=3e-5, val_quality=0.85, n_test=n,
+                 scores=hits(n, 344), val_curve={20: 0.80, 40: 0.85}),
+        make_row("full-1e-4", "full", 0.90, 6.0, learning_rate=1e-4, val_quality=0.92, n_test=n,
+                 scores=hits(n, 360), val_curve={20: 0.84, 40: 0.92}),
+        make_row("full-3e-4", "full", 0.84, 6.0, learning_rate=3e-4, val_quality=0.82, n_test=n,
+                 scores=hits(n, 336), val_curve={20: 0.83, 40: 0.82}),
+    ]
+
+
+def test_all_five_conditions_met_escalates_and_says_which_limit_lora_hit(frame, make_row) -> None:
+    decision = decide(rank_runs(frame(*bracketed(make_row))))
+    assert decision.escalation_conditions == {"margin": True, "significance": True, "adapter_rate_bracketed": True,
+                                              "full_rate_bracketed": True, "adapter_capacity": True}
+    assert decision.escalate_to_full is True and decision.escalation_blocked_by is None
+    assert decision.best_adapter is not None and decision.best_adapter["run_name"] == "lora-all"
+    assert decision.best_full is not None and decision.best_full["run_name"] == "full-1e-4"
     assert decision.full_vs_adapter_test == "mcnemar-exact"
     assert decision.full_vs_adapter_p_value == pytest.approx(2 * 0.5**40)
-    # The recommendation is the full run the paired test was run on, chosen on validation.
-    assert decision.recommended is not None and decision.recommended["run_name"] == "full_big"
-    assert "All three are met: escalating to full fine-tuning is justified" in decision.text
+    assert decision.recommended is not None and decision.recommended["run_name"] == "full-1e-4"
     assert decision.next_step is None
+    text = decision.text
+    # The limit LoRA hit: its bracketed rate with both neighbours' scores and the step they were compared at,
+    # the capacity tried there, then full fine-tuning's gain, cost and p-value.
+    assert ("LoRA's learning rate is bracketed: 1e-3 scored 0.860 on validation at step 20, above 3e-4 (0.780) "
+            "and 3e-3 (diverged).") in text
+    assert "all-linear at 1e-3: +0.030 at step 20" in text
+    assert ("Full fine-tuning's learning rate is bracketed: 1e-4 scored 0.920 on validation at step 40, above "
+            "3e-5 (0.850) and 3e-4 (0.820).") in text
+    assert "+0.100 test exact_match over the best adapter run at 4.6x its cost" in text
+    assert text.index("LoRA's learning rate") < text.index("all-linear at 1e-3") < text.index("Full fine-tuning:")
+    assert "p = 1.8e-12 (needs < 0.05): met" in text
+    assert "All five are met: escalating to full fine-tuning is justified" in text
+    adapter = decision.brackets["adapter"]
+    assert adapter is not None and adapter["rates"] == pytest.approx({"0.0003": 0.78, "0.001": 0.86, "0.003": None})
+    assert adapter["diverged"] == ["0.003"]  # the out-of-memory run at 2e-3 is no evidence about the rate
+    assert [c["label"] for c in decision.capacity] == ["lora-all"]
+
+
+def test_no_capacity_tried_at_the_bracketed_rate_blocks_and_names_the_trial(frame, make_row) -> None:
+    rows = [r for r in bracketed(make_row) if r["run_name"] != "lora-all"]
+    decision = decide(rank_runs(frame(*rows)))
+    assert decision.escalation_blocked_by == "adapter_capacity" and decision.escalate_to_full is False
+    assert decision.recommended is not None and decision.recommended["method"] == "lora"
+    assert "No capacity increase (a higher rank or broader target modules) was tried at LoRA's best rate " \
+           "1e-3." in decision.text
+    assert decision.next_step is not None
+    assert decision.next_step.startswith("to decide on full fine-tuning, run lora (rank 16, alpha 32, "
+                                         "target_modules attention, lora_dropout 0.05) with a higher rank or "
+                                         "all-linear targets at learning_rate 1e-3")
+
+
+def test_a_best_rate_at_the_edge_of_the_range_is_bracketed_on_that_side(frame, make_row) -> None:
+    rows = [r for r in bracketed(make_row) if r["run_name"] != "lora-3e-3"]
+    ranked = rank_runs(frame(*rows))
+    # Without the space, 1e-3 has an untried rung above it (3e-3): not bracketed.
+    open_above = decide(ranked)
+    assert open_above.escalation_blocked_by == "adapter_rate_bracketed"
+    assert open_above.brackets["adapter"] is not None and open_above.brackets["adapter"]["next_rates"] == [3e-3]
+    # The space's LoRA range ends at 1e-3: its edge closes that side.
+    ranges = {"adapter": RateRange(1e-5, 1e-3), "full": RateRange(1e-6, 1e-3)}
+    decision = decide(ranked, ranges=ranges)
+    assert decision.escalate_to_full is True
+    assert ("1e-3 scored 0.860 on validation at step 20, above 3e-4 (0.780); 1e-3 is at the upper edge of the "
+            "search range.") in decision.text
+    assert decision.rate_ranges["adapter"] == {"low": 1e-5, "high": 1e-3, "choices": None}
 
 
 def test_a_gain_beyond_the_margin_that_is_not_significant_is_blocked(frame, make_row) -> None:
@@ -95,30 +166,33 @@ def test_a_gain_beyond_the_margin_that_is_not_significant_is_blocked(frame, make
     assert decision.full_vs_adapter_p_value == pytest.approx(2186 / 8192)
     assert decision.escalate_to_full is False
     assert decision.escalation_blocked_by == "significance"
-    assert decision.escalation_conditions == {"margin": True, "significance": False, "adapter_configs": True}
+    assert decision.escalation_conditions["margin"] is True and decision.escalation_conditions["significance"] is False
     assert decision.recommended is not None and decision.recommended["method"] in ("lora", "qlora")
     assert "paired mcnemar-exact test on 100 test examples, p = 0.267 (needs < 0.05): not met" in decision.text
     assert decision.next_step is not None and "larger locked test set" in decision.next_step
 
 
-def test_too_few_adapter_configs_block_escalation_and_say_how_many_more(frame, make_row) -> None:
+def test_a_significant_gain_over_an_adapter_at_one_untried_rate_is_not_escalated(frame, make_row) -> None:
+    """Full beats the adapter by a wide, significant margin, but LoRA only ever ran at 2e-4: its limit may be
+    its learning rate, so the adapter stays and the next step names the rates to try."""
     n = 400
-    rows = three_adapters(make_row, n)[:3]  # base, lora_a, lora_b: two configurations
-    rows.append(make_row("lora_a_again", "lora", 0.79, 1.1, n_test=n, scores=hits(n, 316)))  # lora_a's config
-    rows.append(make_row("full", "full", 0.90, 6.0, n_test=n, scores=hits(n, 360)))
+    rows = [make_row("lora_a", "lora", 0.80, 1.0, n_test=n, scores=hits(n, 320), val_curve={10: 0.7, 20: 0.8}),
+            make_row("lora_b", "lora", 0.78, 0.5, rank=32, alpha=64, n_test=n, scores=hits(n, 312)),
+            make_row("full", "full", 0.90, 6.0, learning_rate=1e-4, n_test=n, scores=hits(n, 360))]
     decision = decide(rank_runs(frame(*rows)))
-    assert decision.adapter_configs_completed == 2  # the repeated configuration counts once
-    assert decision.escalation_conditions == {"margin": True, "significance": True, "adapter_configs": False}
-    assert decision.escalation_blocked_by == "adapter_configs"
+    assert decision.escalation_conditions["margin"] is True and decision.escalation_conditions["significance"]
+    assert decision.escalation_conditions["adapter_rate_bracketed"] is False
+    assert decision.escalation_blocked_by == "adapter_rate_bracketed"
     assert decision.escalate_to_full is False
     assert decision.recommended is not None and decision.recommended["method"] == "lora"
-    assert "2 of at least 3 adapter configurations completed: not met" in decision.text
+    assert ("LoRA's learning rate is not bracketed: 2e-4 scored 0.800 on validation at step 20; no rate tried "
+            "below or above it.") in decision.text
     assert decision.next_step is not None
-    assert decision.next_step.startswith("run 1 more LoRA/QLoRA configuration before")
-    assert "TRIALS=" in decision.next_step and "make resume" in decision.next_step
-    assert "Next: run 1 more LoRA/QLoRA configuration" in decision.text
-    # The same board with a lower bar escalates.
-    assert decide(rank_runs(frame(*rows)), min_adapter_configs=2).escalate_to_full is True
+    assert decision.next_step.startswith("to decide on full fine-tuning, run lora (rank 16, alpha 32, "
+                                         "target_modules q_proj,k_proj,v_proj,o_proj) at learning_rate 6.67e-5 "
+                                         "and 6e-4 to bracket LoRA's rate; full at learning_rate 3.33e-5 and 3e-4")
+    assert "sweepboard leaderboard <this sweep> <new name>" in decision.next_step
+    assert "Next: to decide on full fine-tuning, run lora" in decision.text
 
 
 def test_the_first_failed_condition_is_named_and_all_are_listed(frame, make_row) -> None:
@@ -126,8 +200,8 @@ def test_the_first_failed_condition_is_named_and_all_are_listed(frame, make_row)
     rows = [make_row("lora_a", "lora", 0.80, 1.0), make_row("full", "full", 0.81, 4.0)]
     decision = decide(rank_runs(frame(*rows)))
     assert decision.escalation_blocked_by == "margin"
-    assert decision.escalation_conditions["adapter_configs"] is False
-    assert "Escalation is blocked by margin, significance, adapter_configs" in decision.text
+    assert decision.escalation_conditions["adapter_rate_bracketed"] is False
+    assert f"Escalation is blocked by {BLOCKED_ALL}" in decision.text
 
 
 def test_chosen_on_validation_not_on_test(frame, make_row) -> None:
@@ -228,7 +302,7 @@ def test_only_full_runs_say_to_tune_adapters_first(frame, make_row) -> None:
     decision = decide(rank_runs(frame(make_row("f1", "full", 0.8, 4.0), make_row("f2", "full", 0.78, 2.0))))
     assert decision.best_adapter is None and decision.adapter_configs_completed == 0
     assert decision.recommended is not None and decision.recommended["run_name"] == "f2"
-    assert decision.next_step is not None and decision.next_step.startswith("run 3 more LoRA/QLoRA configurations")
+    assert decision.next_step is not None and decision.next_step.startswith("tune LoRA/QLoRA before deciding")
 
 
 def test_nothing_measured_means_no_recommendation(frame, make_row) -> None:
@@ -259,8 +333,31 @@ def test_decision_is_json_serialisable_with_the_new_fields(frame, make_row, swee
     assert document["adapter_configs_completed"] == 2
     assert document["escalation_blocked_by"] == "significance"  # no per-example scores, intervals overlap
     assert "full_vs_adapter_p_value" in document and document["full_vs_adapter_p_value"] is None
+    assert document["brackets"]["adapter"]["best_rate"] == pytest.approx(2e-4)
+    assert document["brackets"]["full"] is None  # the full run has no learning rate
+    assert document["capacity"] == []
 
 
-def test_negative_min_adapter_configs_is_refused(frame, make_row) -> None:
-    with pytest.raises(ValueError, match="min_adapter_configs must be >= 0"):
-        decide(rank_runs(frame(make_row("a"))), min_adapter_configs=-1)
+def test_diverged_scores_serialise_without_infinity(frame, make_row) -> None:
+    decision = decide(rank_runs(frame(*bracketed(make_row))))
+    document = json.loads(json.dumps(decision.to_dict(), allow_nan=False))
+    above = document["brackets"]["adapter"]["above"]
+    assert above == {"rate": 3e-3, "score": None, "label": "lora-3e-3", "closed": True, "edge": False,
+                     "diverged": True}
+    assert document["brackets"]["adapter"]["below"]["diverged"] is False
+
+
+def test_min_adapter_configs_is_gone_from_the_decision() -> None:
+    assert "min_adapter_configs" not in inspect.signature(decide).parameters
+    assert "min_adapter_configs" not in {f.name for f in dataclasses.fields(Decision)}
+
+
+def test_without_curves_each_run_stands_on_its_final_validation_score(frame, make_row) -> None:
+    """Older frames have no val_curve: a run's one point is val_quality at its steps."""
+    rows = [make_row(f"lora-{rate:g}", "lora", quality, 1.0, learning_rate=rate, steps=40)
+            for rate, quality in ((2e-4, 0.70), (6e-4, 0.80), (1.8e-3, 0.75))]
+    ranked = rank_runs(frame(*rows)).drop(columns="val_curve")
+    decision = decide(ranked)
+    adapter = decision.brackets["adapter"]
+    assert adapter is not None and adapter["bracketed"] and adapter["step"] == 40
+    assert adapter["best_rate"] == pytest.approx(6e-4) and adapter["best_score"] == pytest.approx(0.80)

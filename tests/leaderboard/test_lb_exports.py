@@ -242,3 +242,35 @@ def test_every_export_carries_val_quality_and_the_selection_split(frame, make_ro
     out = " ".join(buffer.getvalue().split())
     assert "chosen on validation (val_quality" in out and "0.861" in out
     assert "B best by validation quality" in out
+
+
+def test_json_export_holds_the_rate_brackets_and_capacity_as_data(frame, make_row, tmp_path) -> None:
+    lora = {"target_modules": "attention", "lora_dropout": 0.05}
+    ranked = rank_runs(frame(
+        make_row("lora-3e-4", "lora", 0.74, 1.0, learning_rate=3e-4, val_curve={10: 0.70, 20: 0.78}, **lora),
+        make_row("lora-1e-3", "lora", 0.78, 1.0, learning_rate=1e-3, val_curve={10: 0.75, 20: 0.86}, **lora),
+        make_row("lora-3e-3", "lora", None, 0.2, learning_rate=3e-3, status="failed", error="Diverged: loss",
+                 **lora),
+        make_row("lora-r32", "lora", 0.79, 1.2, learning_rate=1e-3, rank=32, val_curve={10: 0.76, 20: 0.84},
+                 **lora),
+        make_row("full", "full", 0.85, 5.0, learning_rate=1e-4, val_curve={10: 0.80, 20: 0.85}),
+    ))
+    path = export(ranked, decide(ranked), "json", tmp_path / "board.json")
+    decision = json.loads(path.read_text())["decision"]  # exports write allow_nan=False: no -Infinity in it
+    adapter = decision["brackets"]["adapter"]
+    assert adapter["bracketed"] is True and adapter["best_rate"] == pytest.approx(1e-3) and adapter["step"] == 20
+    assert adapter["above"]["diverged"] is True and adapter["above"]["score"] is None
+    assert adapter["below"] == {"rate": 3e-4, "score": 0.78, "label": "lora-3e-4", "closed": True, "edge": False,
+                                "diverged": False}
+    assert adapter["family"] == {"method": "lora", "rank": 16, "alpha": 32, "target_modules": "attention",
+                                 "lora_dropout": 0.05}
+    assert decision["brackets"]["full"]["bracketed"] is False
+    assert decision["brackets"]["full"]["next_rates"] == pytest.approx([3.33e-5, 3e-4])
+    [capacity] = decision["capacity"]
+    assert capacity["label"] == "lora-r32" and capacity["config"]["rank"] == 32
+    assert capacity["gain"] == pytest.approx(-0.02) and capacity["step"] == 20
+    assert decision["escalation_blocked_by"] == "significance"  # no per-example scores, intervals overlap
+    # The curves ride along in every row: JSON objects in the JSON rows and in the CSV cells.
+    back = pd.read_csv(export(ranked, decide(ranked), "csv", tmp_path / "b.csv")).set_index("run_name")
+    assert json.loads(back.loc["lora-1e-3", "val_curve"]) == {"10": 0.75, "20": 0.86}
+    assert pd.isna(back.loc["lora-3e-3", "val_curve"])

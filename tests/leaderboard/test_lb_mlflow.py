@@ -10,6 +10,21 @@ from lb_store import LORA, OTHER_SHA, SHA, final, hits, log_sweep
 from mlflow.tracking import MlflowClient
 
 from leaderboard import build, load_runs, main, write_leaderboard
+from search_spaces.rates import RateRange
+
+# The search space the "rates" sweep ran in (its parent run's "space" param names this file).
+SPACE = """
+methods:
+  lora:
+    rank: {type: categorical, choices: [16, 32]}
+    alpha: {type: fixed, value: 32}
+    target_modules: {type: categorical, choices: [attention, all-linear]}
+    lora_dropout: {type: fixed, value: 0.05}
+    learning_rate: {type: float, low: 1e-5, high: 1e-3, log: true}
+  full:
+    learning_rate: {type: float, low: 1e-6, high: 1e-4, log: true}
+"""
+ATTENTION = {**LORA, "target_modules": "attention"}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +55,31 @@ def store(tmp_path_factory) -> str:
     demo = client.get_experiment_by_name("demo")
     assert demo is not None
     client.set_terminated(client.create_run(demo.experiment_id, run_name="stray").info.run_id)
+    # Both rates bracketed on validation curves (compared at the deepest step every trial of a family
+    # reached), LoRA's best at the range's upper edge, more capacity tried there: full may be recommended.
+    (root / "space.yaml").write_text(SPACE)
+    log_sweep(client, root, "rates", "exact_match", [
+        {"name": "base", "method": "none", "role": "baseline", "metrics": final(0.35, 0.02),
+         "scores": hits(200, 70)},
+        {"name": "lora-1e-4-pruned", "method": "lora", "status": "pruned", "curve": {20: 0.60},
+         "params": {**ATTENTION, "learning_rate": "0.0001"}, "metrics": final(None, 0.10)},
+        {"name": "lora-3e-4", "method": "lora", "curve": {20: 0.70, 40: 0.76},
+         "params": {**ATTENTION, "learning_rate": "0.0003"}, "metrics": final(0.74, 0.40), "scores": hits(200, 148)},
+        {"name": "lora-1e-3", "method": "lora", "curve": {20: 0.78, 40: 0.80},
+         "params": {**ATTENTION, "learning_rate": "0.001"}, "metrics": final(0.78, 0.40), "scores": hits(200, 156)},
+        {"name": "lora-1e-3-all", "method": "lora", "curve": {20: 0.79, 40: 0.82},
+         "params": {**ATTENTION, "target_modules": "all-linear", "learning_rate": "0.001"},
+         "metrics": final(0.79, 0.50), "scores": hits(200, 158)},
+        {"name": "lora-oom", "method": "lora", "status": "failed", "error": "CUDA out of memory", "curve": {},
+         "params": {**ATTENTION, "learning_rate": "0.00001"}, "metrics": final(None, 0.05)},
+        {"name": "full-1e-5", "method": "full", "curve": {20: 0.74, 40: 0.79},
+         "params": {"learning_rate": "1e-05"}, "metrics": final(0.79, 2.0), "scores": hits(200, 158)},
+        {"name": "full-3e-5", "method": "full", "curve": {20: 0.80, 40: 0.84},
+         "params": {"learning_rate": "3e-05"}, "metrics": final(0.84, 2.0), "scores": hits(200, 168)},
+        {"name": "full-1e-4-diverged", "method": "full", "status": "failed", "curve": {},
+         "error": "Diverged: training loss 41.2 over steps to 20 against 2.31 at step 1",
+         "params": {"learning_rate": "0.0001"}, "metrics": final(None, 0.3)},
+    ], parent_params={"space": str(root / "space.yaml")})
     log_sweep(client, root, "f1", "token_f1", [
         {"name": "f1-lora", "method": "lora", "params": LORA, "metrics": final(0.7, 0.5, n=100),
          "scores": [0.5, 0.6, 0.7, 0.8, 0.9] * 20},
@@ -72,6 +112,23 @@ def test_load_reads_every_run_of_the_locked_test_set(store) -> None:
     assert rows.loc["full", "scores"] == [1.0] * 156 + [0.0] * 44
     assert pd.isna(rows.loc["lora-oom", "val_quality"]) and rows.loc["lora-oom", "scores"] is None
     assert not any("max_seq_len" in w or "test_predictions" in w for w in warnings)  # none missing, none cut
+    # The whole validation curve of every trial run, by training step; none for the baseline or a run
+    # that never validated.
+    assert rows.loc["qlora-r8", "val_curve"] == pytest.approx({5: 0.375, 10: 0.75})
+    assert rows.loc["lora-r64-pruned", "val_curve"] == pytest.approx({5: 0.275, 10: 0.55})
+    assert rows.loc["baseline", "val_curve"] is None and rows.loc["lora-oom", "val_curve"] is None
+    assert df.attrs["spaces"] == []  # the demo's parent run names no search space
+
+
+def test_load_reads_curves_of_several_steps_and_the_parent_space(store) -> None:
+    df, _ = load_runs(["rates"], store)
+    rows = df.set_index("run_name")
+    assert rows.loc["lora-3e-4", "val_curve"] == pytest.approx({20: 0.70, 40: 0.76})
+    assert rows.loc["lora-1e-4-pruned", "val_curve"] == pytest.approx({20: 0.60})
+    assert rows.loc["lora-3e-4", "val_quality"] == pytest.approx(0.76)  # the last step's value
+    assert rows.loc["full-1e-4-diverged", "val_curve"] is None
+    assert rows.loc["full-1e-4-diverged", "error"].startswith("Diverged")
+    assert len(df.attrs["spaces"]) == 1 and df.attrs["spaces"][0].endswith("space.yaml")
 
 
 def test_board_from_mlflow_ranks_and_decides(store) -> None:
@@ -98,14 +155,20 @@ def test_board_from_mlflow_ranks_and_decides(store) -> None:
     assert decision.best_adapter is not None and decision.best_adapter["run_name"] == "qlora-r8"
     assert decision.full_vs_adapter_p_value == pytest.approx(2 * 0.5**6)
     assert decision.adapter_configs_completed == 3
-    assert decision.escalate_to_full is True and decision.escalation_blocked_by is None
-    assert decision.recommended is not None and decision.recommended["run_name"] == "full"
     assert "+0.030 test exact_match over the best adapter run at 8.3x its cost" in decision.text
-    # The same board asking for 4 adapter configurations does not escalate, and says what to run.
-    strict = build(["demo"], store, min_adapter_configs=4).decision
-    assert strict.escalation_blocked_by == "adapter_configs"
-    assert strict.recommended is not None and strict.recommended["run_name"] == "qlora-r8"
-    assert strict.next_step is not None and strict.next_step.startswith("run 1 more LoRA/QLoRA configuration")
+    # But every adapter ran at 2e-4 and full at 1e-5 only: no rate is bracketed, so the adapter stays, and
+    # the next step names the rates to try next to qlora-r8's settings (the range unknown: no space logged).
+    assert decision.escalate_to_full is False
+    assert decision.escalation_blocked_by == "adapter_rate_bracketed"
+    assert decision.escalation_conditions["margin"] and decision.escalation_conditions["significance"]
+    assert decision.recommended is not None and decision.recommended["run_name"] == "qlora-r8"
+    adapter = decision.brackets["adapter"]
+    assert adapter is not None and adapter["family"]["method"] == "qlora" and adapter["family"]["rank"] == 8
+    assert adapter["step"] == 10 and adapter["next_rates"] == pytest.approx([6.67e-5, 6e-4])
+    assert decision.next_step is not None
+    assert "qlora (rank 8, alpha 16, target_modules q_proj,k_proj,v_proj,o_proj, lora_dropout 0.05) at " \
+           "learning_rate 6.67e-5 and 6e-4" in decision.next_step
+    assert "full at learning_rate 3.33e-6 and 3e-5" in decision.next_step
 
 
 def test_cli_json_export(store, tmp_path, capsys) -> None:
@@ -189,14 +252,58 @@ def test_missing_sqlite_file_is_an_error_not_a_new_store(tmp_path, capsys) -> No
     assert not (tmp_path / "typo.db").exists()
 
 
-def test_cli_min_adapter_configs(store, tmp_path, capsys) -> None:
+def test_bracketed_rates_and_capacity_escalate_in_the_sweeps_own_space(store) -> None:
+    board = build(["rates"], store)  # the ranges from the parent run's space: LoRA's up to 1e-3
+    decision = board.decision
+    assert decision.rate_ranges["adapter"] == {"low": 1e-5, "high": 1e-3, "choices": None}
+    assert decision.escalation_conditions == {"margin": True, "significance": True, "adapter_rate_bracketed": True,
+                                              "full_rate_bracketed": True, "adapter_capacity": True}
+    assert decision.escalate_to_full is True and decision.escalation_blocked_by is None
+    assert decision.recommended is not None and decision.recommended["run_name"] == "full-3e-5"
+    adapter, full = decision.brackets["adapter"], decision.brackets["full"]
+    assert adapter is not None and full is not None
+    # The pruned trial reached step 20 only: LoRA's rates are compared there, full's at step 40.
+    assert adapter["step"] == 20 and adapter["rates"] == pytest.approx({"0.0001": 0.60, "0.0003": 0.70, "0.001": 0.78})
+    assert adapter["above"]["edge"] and adapter["below"]["rate"] == pytest.approx(3e-4)
+    assert full["best_rate"] == pytest.approx(3e-5) and full["step"] == 40
+    assert full["above"]["diverged"] is True and full["above"]["score"] is None and full["diverged"] == ["0.0001"]
+    assert "1e-05" not in adapter["rates"]  # out of memory: no evidence about the rate
+    assert [c["label"] for c in decision.capacity] == ["lora-1e-3-all"]
+    assert decision.capacity[0]["gain"] == pytest.approx(0.02) and decision.capacity[0]["step"] == 40
+    text = decision.text
+    assert ("LoRA's learning rate is bracketed: 1e-3 scored 0.780 on validation at step 20, above 3e-4 (0.700); "
+            "1e-3 is at the upper edge of the search range.") in text
+    assert "all-linear at 1e-3: +0.020 at step 40" in text
+    assert "above 1e-5 (0.790) and 1e-4 (diverged)" in text
+    # The same runs judged in a wider LoRA range: 1e-3 is no longer the edge, so 3e-3 must be tried first.
+    wider = build(["rates"], store, ranges={"adapter": RateRange(1e-5, 1e-2), "full": RateRange(1e-6, 1e-4)})
+    assert wider.decision.escalation_blocked_by == "adapter_rate_bracketed"
+    assert wider.decision.capacity == [] and wider.decision.escalate_to_full is False
+    assert wider.decision.next_step is not None and "at learning_rate 3e-3 to bracket LoRA's rate" in \
+        wider.decision.next_step
+
+
+def test_cli_reads_the_space_of_the_parent_run_and_has_no_min_adapter_configs(store, tmp_path, capsys) -> None:
     out = tmp_path / "board.json"
-    base = ["demo", "--format", "json", "--out", str(out), "--tracking-uri", store]
-    assert main([*base, "--min-adapter-configs", "4"]) == 0
-    decision = json.loads(out.read_text())["decision"]
-    assert decision["min_adapter_configs"] == 4 and decision["escalation_blocked_by"] == "adapter_configs"
+    base = ["rates", "--format", "json", "--out", str(out), "--tracking-uri", store]
     assert main(base) == 0
-    assert json.loads(out.read_text())["decision"]["escalation_blocked_by"] is None  # default 3: met
+    document = json.loads(out.read_text())
+    decision = document["decision"]
+    assert decision["escalation_blocked_by"] is None and decision["brackets"]["adapter"]["above"]["edge"]
+    assert "min_adapter_configs" not in decision
+    assert next(r for r in document["rows"] if r["run_name"] == "lora-3e-4")["val_curve"] == \
+        pytest.approx({"20": 0.70, "40": 0.76})
     with pytest.raises(SystemExit):
-        main([*base, "--min-adapter-configs", "-1"])
-    assert "expected 0 or more configurations" in capsys.readouterr().err
+        main([*base, "--min-adapter-configs", "4"])
+    assert "unrecognized arguments: --min-adapter-configs" in capsys.readouterr().err
+
+
+def test_an_unreadable_space_of_the_parent_run_is_warned_and_the_range_assumed(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_sweep(MlflowClient(tracking_uri=uri), tmp_path, "moved", "exact_match", [
+        {"name": "lora", "method": "lora", "params": LORA, "metrics": final(0.7, 0.4)},
+    ], parent_params={"space": str(tmp_path / "gone.yaml")})
+    board = build(["moved"], uri)
+    assert any("cannot read the search space" in w and "gone.yaml" in w and "1e-06..0.01" in w
+               for w in board.warnings)
+    assert board.decision.rate_ranges["adapter"] == {"low": 1e-6, "high": 1e-2, "choices": None}

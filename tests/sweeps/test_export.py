@@ -32,10 +32,10 @@ pytestmark = pytest.mark.slow  # a whole sweep
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("export")
     base = noisy_tiny_model(tmp / "base-model")
-    # No pruning and no adapter quota: the space's first points, LoRA, QLoRA and full, all finish. No stop
+    # No pruning and no search rules: the smoke space's first points, LoRA, QLoRA and full, all finish. No stop
     # strings: the tiny model's answers run on for max_new_tokens, so a changed weight shows in them.
     data = {**yaml.safe_load(SMOKE.read_text())["trial"]["data"], "stop": []}
-    cfg = smoke_config(tmp, "ship", max_trials=3, grace_period=5, min_adapter_configs=0,
+    cfg = smoke_config(tmp, "ship", max_trials=3, grace_period=5, rate_first=False,
                        trial={"model": str(base), "data": data, "cache_dir": str(tmp / "cache")})  # fmt: skip
     done = sweepboard(tmp, "sweep", "--budget", "5", "--config", str(cfg))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
