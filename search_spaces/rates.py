@@ -162,15 +162,21 @@ def bracket(tried: Sequence[Tried], group: str, rates: RateRange, prior: float |
     points = _points(members, step)
     if not points or family is None:
         return None
-    best_rate = max(points, key=lambda r: (points[r][0], -r))
+    # A tie at the top goes to the rate nearest the prior (else the lower rate): flat scores carry no
+    # evidence either way, and the ladder then keeps probing around where the literature puts the rate.
+    anchor = prior if prior is not None else min(points)
+    best_rate = max(points, key=lambda r: (points[r][0], -abs(math.log(r / anchor)), -r))
     best_score, best_label = points[best_rate]
     below = _side(points, best_rate, -1, rates)
     above = _side(points, best_rate, +1, rates)
     ladder = rates.ladder(prior if prior is not None else best_rate)
     below_next, above_next = (_next(points, best_rate, s, side, ladder) for s, side in ((-1, below), (+1, above)))
-    # An open side with no untried rung left: the range holds nothing more to try there.
-    below = below if below.closed or below_next is not None else replace(below, closed=True, edge=True)
-    above = above if above.closed or above_next is not None else replace(above, closed=True, edge=True)
+    # An open side with no tried rate and no untried rung beyond the best: the ladder ends there, as at the
+    # range's edge. (A side whose neighbour tied stays open: flat scores bracket nothing.)
+    if not below.closed and below_next is None and below.rate is None:
+        below = replace(below, closed=True, edge=True)
+    if not above.closed and above_next is None and above.rate is None:
+        above = replace(above, closed=True, edge=True)
     wanted = tuple(r for r in (below_next, above_next) if r is not None)
     return Bracket(group, dict(zip(FAMILY_KEYS, family, strict=True)), best_rate, best_score, best_label, step,
                    below, above, {f"{r:.3g}": s for r, (s, _) in sorted(points.items())}, wanted)  # fmt: skip

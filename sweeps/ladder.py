@@ -158,7 +158,9 @@ def held_rates(trials: Sequence[FrozenTrial], space: Any, priors: Priors) -> dic
         for method in space.method_names:
             spec = space.methods[method].params.get("learning_rate")
             if r.group_of(method) == group and spec is not None and is_searched(spec):
-                held[param_name(method, "learning_rate")] = bracket.best_rate
+                # The group's rate, inside this method's own range (QLoRA's may end below LoRA's).
+                rungs = r.RateRange.of(spec).ladder(bracket.best_rate)
+                held[param_name(method, "learning_rate")] = min(rungs, key=lambda x: abs(_log(x / bracket.best_rate)))
     return held
 
 

@@ -5,6 +5,7 @@ inherit the driver's environment; on a cluster, set it where the workers start).
 
     SWEEPBOARD_FAULT="error@step=3,method=full"   # raise RuntimeError("injected fault ...") before step 3
     SWEEPBOARD_FAULT="kill@step=4,method=lora"    # SIGKILL the trial's own process before step 4, once
+    SWEEPBOARD_FAULT="pause@step=6"               # hang before step 6 for PAUSE_SECONDS (a stalled worker)
     SWEEPBOARD_FAULT="error@step=1;kill@step=5"   # several faults, separated by ';'
 
 `step=N` fires just before the training loop trains step N (1-based, the step numbering of the reports),
@@ -16,6 +17,8 @@ trial is hit.
 An `error` fires every time the step comes round, like a bug in the code would: a retried trial fails
 again. A `kill` stands for a lost worker (out of memory, a preempted node): it fires once per trial folder
 (a marker file `fault-kill-stepN` in the trial's output folder), so the retried attempt runs through.
+A `pause` stands for a stalled worker: it holds the trial at a known point (after a checkpoint, say) while
+something else happens to the sweep, such as its driver being killed.
 """
 
 from __future__ import annotations
@@ -23,18 +26,20 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ENV = "SWEEPBOARD_FAULT"
-KINDS = ("error", "kill")
+KINDS = ("error", "kill", "pause")
+PAUSE_SECONDS = 300.0
 METHODS = ("lora", "qlora", "full")  # the methods that train
 EXAMPLE = "e.g. SWEEPBOARD_FAULT='error@step=3,method=full'"
 
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # "error" | "kill"
+    kind: str  # "error" | "kill" | "pause"
     step: int  # fires before the loop trains this step (1-based)
     method: str | None = None  # only trials of this method; None: every trial
 
@@ -51,6 +56,10 @@ def inject(step: int, method: str, out: Path) -> None:
             raise RuntimeError(
                 f"injected fault: error before step {step} of a {method} trial ({ENV}={text!r})"
             )
+        if fault.kind == "pause":
+            print(f"sweepboard: fault drill: pausing before step {step} for {PAUSE_SECONDS:g} s", flush=True)
+            time.sleep(PAUSE_SECONDS)
+            continue
         marker = out / f"fault-kill-step{step}"
         if marker.exists():
             continue  # this trial was killed here once already: the retried attempt goes on

@@ -49,10 +49,29 @@ def cli(tmp_path: Path, s3: S3Server, *args: str, timeout: float = 600) -> subpr
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def start(tmp_path: Path, s3: S3Server, cfg: Path) -> subprocess.Popen[str]:
+def start(tmp_path: Path, s3: S3Server, cfg: Path, fault: str | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "--budget", "5", "--config", str(cfg)]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env_of(tmp_path, s3), stdout=subprocess.PIPE,
+    env = {**env_of(tmp_path, s3), **({"SWEEPBOARD_FAULT": fault} if fault else {})}
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+
+
+def kill_node(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the driver and every process of its session: Ray's workers run in process groups of their
+    own (so a kill of the driver's group alone leaves them training for a moment), not sessions of their
+    own; this is a node that died, not a driver alone."""
+    session = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _sid(int(pid)) == proc.pid]
+    for pid in {proc.pid, *session}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 def wait_for(ready: Any, proc: subprocess.Popen[str], timeout_s: float = 300) -> Any:
@@ -195,14 +214,15 @@ def test_object_storage_refuses_what_it_cannot_do_yet(tmp_path: Path) -> None:
 def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(
     tmp_path: Path, s3: S3Server
 ) -> None:
-    # Training checkpoints at steps 5 and 10 of 10. Ray's workers run in process groups of their own, so
-    # the killed driver's trial can outlive it for a moment, train on, and upload its step-10 checkpoint
-    # into checkpoint_000001, which the snapshot the resume restores never saw: the resumed trial then
-    # continues from step 10 and Ray writes its final files into that same folder, beside the orphan's
-    # weights (sweeps/training_state.py deletes them; the assertion on the bucket below holds it to that).
+    # Training checkpoints at steps 5 and 10 of 10; the first driver's trials hold before step 6 (a fault
+    # drill, not set for the resume), so the node dies between a trial's step-5 checkpoint and its next
+    # one. Without the pause the tiny model reaches step 10 in well under a second, and a kill after the
+    # driver recorded the step-10 checkpoint (deleting step 5's) but before its next snapshot of the
+    # experiment state resumes the trial at a checkpoint that no longer exists (README: Resume; 1 run of
+    # 10 here), which is not what this test is about.
     cfg = smoke_config(tmp_path, "ons3", storage=STORAGE, max_trials=2, concurrency=1, grace_period=2,
                        trial={"steps": 10, "eval_every": 5})  # fmt: skip
-    proc = start(tmp_path, s3, cfg)
+    proc = start(tmp_path, s3, cfg, fault="pause@step=6")
     try:
         # Killed once a trial's checkpoint in the bucket holds its weights (the state a resume continues
         # from), and Ray's record of it is there too: its result.json, and the experiment state naming the
@@ -210,8 +230,7 @@ def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(
         carried = wait_for(lambda: training_checkpoints(s3, "ons3") and checkpointed_results(s3, "ons3")
                            and state_names_a_checkpoint(s3, "ons3"), proc)  # fmt: skip
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-trial
-        proc.wait()
+        kill_node(proc)  # the driver and everything it started, mid-trial
     assert any(k.endswith("/optim.pt") for k in s3.keys(f"{PREFIX}/ons3/")), carried
     # As if resumed on another machine: nothing of the sweep here but what is in the bucket.
     remove(tmp_path / "mirror")
