@@ -54,7 +54,9 @@ def tried(trials: Sequence[FrozenTrial], space: Any) -> list[r.Tried]:
         if config is None:
             continue
         diverged = bool(t.user_attrs.get(DIVERGED))
-        curve = {int(k): float(v) for k, v in t.intermediate_values.items()}
+        # Only finite scores: a trial that failed without diverging (out of memory, a crash) says nothing
+        # about its rate.
+        curve = {int(k): float(v) for k, v in t.intermediate_values.items() if math.isfinite(v)}
         if not curve and t.state == TrialState.COMPLETE and t.value is not None:
             curve[1] = float(t.value)  # told its final score only (no reports reached the study)
         if curve or diverged:

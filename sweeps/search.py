@@ -118,6 +118,8 @@ class GuidedSearch(Searcher):
         return self.searcher.suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if result.get("phase") == "failed":
+            return  # a failing trial's last report (val_quality NaN) is no score: its end tells Optuna FAIL
         self.searcher.on_trial_result(trial_id, result)
 
     def _ot_trials(self) -> dict[str, Any]:

@@ -58,14 +58,18 @@ def test_default_space_matches_the_production_default() -> None:
         {
             "method": "lora",
             "lora.rank": 16,
-            "lora.alpha_ratio": 2,
             "lora.target_modules": "attention",
             "lora.lora_dropout": 0.05,
             "lora.learning_rate": 2e-4,
         }
     ]
+    # Alpha is fixed (not an Optuna parameter), so the rank moves the scale alpha/rank, not the best rate.
+    assert space.methods["lora"].params["alpha"].value == 32  # type: ignore[union-attr]
+    assert "alpha_ratio" not in space.methods["qlora"].params
     lr = space.methods["full"].params["learning_rate"]
-    assert (lr.low, lr.high, lr.log) == (1e-6, 1e-4, True)  # type: ignore[union-attr]
+    assert (lr.low, lr.high, lr.log) == (1e-6, 3e-4, True)  # type: ignore[union-attr]
+    lr = space.methods["lora"].params["learning_rate"]
+    assert (lr.low, lr.high, lr.log) == (1e-5, 3e-3, True)  # type: ignore[union-attr]
 
 
 def test_load_by_builtin_name_and_by_path_agree() -> None:

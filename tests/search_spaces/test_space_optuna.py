@@ -36,16 +36,16 @@ def test_define_by_run_in_a_tpe_study_is_conditional_on_method() -> None:
         methods_seen.add(method)
         assert tuple(config) == CONFIG_KEYS
         assert trial.params["method"] == method
-        # Only the chosen method's parameters exist, each under its method's prefix.
-        expected = {"method"} | {param_name(method, n) for n in space.methods[method].params}
+        # Only the chosen method's searched parameters exist, each under its method's prefix (alpha is fixed).
+        expected = {"method"} | {param_name(method, n) for n in space.methods[method].params if n != "alpha"}
         assert set(trial.params) == expected
         if method == "full":
             assert all(config[k] is None for k in ADAPTER)
-            assert 1e-6 <= config["learning_rate"] <= 1e-4
+            assert 1e-6 <= config["learning_rate"] <= 3e-4
         else:
             assert config["rank"] in (4, 8, 16, 32, 64)
-            assert config["alpha"] == trial.params[f"{method}.alpha_ratio"] * config["rank"]
-            assert 1e-5 <= config["learning_rate"] <= 1e-3
+            assert config["alpha"] == 32  # fixed: not an Optuna parameter (checked just below)
+            assert 1e-5 <= config["learning_rate"] <= 3e-3
         assert space.check_point(config) == []
     assert methods_seen == {"lora", "qlora", "full"}
     # Separate names give TPE one distribution per method.
@@ -61,7 +61,7 @@ def test_fixed_parameters_are_constants_not_optuna_params() -> None:
     if method != "full":
         assert set(trial.params) == {"method", f"{method}.rank", f"{method}.learning_rate"}
         assert (config["alpha"], config["target_modules"], config["lora_dropout"]) == (
-            2 * config["rank"],
+            16,
             "attention",
             0.05,
         )
@@ -152,8 +152,11 @@ def test_search_params_and_drop_search_params() -> None:
         "learning_rate": 3e-4,
     }
     params = space.search_params(config)
-    assert params["qlora.alpha_ratio"] == 4
+    assert "qlora.alpha" not in params and "qlora.alpha_ratio" not in params  # fixed at 32: no parameter
+    assert params["qlora.rank"] == 8 and params["qlora.learning_rate"] == 3e-4
     tune_config = {**params, **config, "steps": 100}
     assert drop_search_params(tune_config) == {**config, "steps": 100}
     with pytest.raises(ValueError, match="point.rank: 12: outside the space"):
         space.search_params({**config, "rank": 12})
+    with pytest.raises(ValueError, match="point.alpha: 64: outside the space"):
+        space.search_params({**config, "alpha": 64})

@@ -1,9 +1,12 @@
-"""The method floors of sweeps/search.py: the proposal rule on real Optuna studies, the pruning rule around
-Ray Tune's real ASHAScheduler, what Optuna is told, and one real Tune run where ASHA would prune adapters."""
+"""The search of sweeps/search.py and sweeps/pruning.py around the real library parts: GuidedSearch around
+Ray's OptunaSearch (what Optuna is told, the ladder's proposals, a save and restore), LeaderScheduler around
+Ray Tune's ASHAScheduler, the sweep config's `rate_first`, the evidence note, and one real Tune run where ASHA
+would stop the adapters' best rung."""
 
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,219 +21,381 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.loader import load_space
 from sweeps import config as sweep_config
-from sweeps import pruning, search
+from sweeps import ladder, pruning, search
 from trainers.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-FLOORS = {"adapter": 3, "full": 1}
-CHOICES = ["lora", "qlora", "full"]
+PRIORS = ladder.Priors.of(576, 60)  # SmolLM2-135M at 60 steps: adapters 1.98e-3, full 1.32e-4
+State = optuna.trial.TrialState
 
 
-def enqueue_and_run(study: optuna.Study, method: str, value: float | None, state: str = "complete") -> None:
-    study.enqueue_trial({"method": method, "x": value or 0.0})
-    trial = study.ask()
-    trial.suggest_categorical("method", CHOICES)
-    trial.suggest_float("x", -10, 10)
-    if state == "complete":
-        study.tell(trial, value)
-    elif state == "pruned":
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+def final(score: float, at: int = 3) -> dict[str, Any]:
+    return {"training_iteration": at, "val_quality": score, "phase": "final", "test_quality": score}
 
 
-def test_floors_follow_the_space_and_turn_off_at_zero() -> None:
-    assert search.method_floors(["lora", "qlora", "full"], 3) == {"adapter": 3, "full": 1}
-    assert list(search.method_floors(["full", "lora"], 3)) == ["adapter", "full"]  # adapters are filled first
-    assert search.method_floors(["lora"], 2) == {"adapter": 2}
-    assert search.method_floors(["lora", "qlora", "full"], 0) == {}
+def failed(error: str, at: int = 1) -> dict[str, Any]:
+    """What sweeps/trainable.py reports for a trial that raised (failure_result)."""
+    return {"training_iteration": at, "val_quality": math.nan, "phase": "failed", "status": "failed",
+            "error": error}  # fmt: skip
 
 
-def test_the_proposal_takes_the_leading_adapter_method_until_three_adapters_completed() -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    enqueue_and_run(study, "lora", 0.86)
-    enqueue_and_run(study, "qlora", 0.80)
-    enqueue_and_run(study, "full", 0.93)
-    trials = study.get_trials()
-    assert search.forced_method(trials, CHOICES, FLOORS) == "lora"  # 2 adapters: LoRA leads QLoRA
-    enqueue_and_run(study, "qlora", 0.95, state="pruned")  # stopped by ASHA: no evidence for the floor
-    assert search.forced_method(study.get_trials(), CHOICES, FLOORS) == "lora"
-    enqueue_and_run(study, "qlora", 0.90)
-    assert search.forced_method(study.get_trials(), CHOICES, FLOORS) is None  # 3 adapters, 1 full
-    assert search.forced_method(study.get_trials(), CHOICES, {}) is None
+# --- what Optuna is told ------------------------------------------------------------------------------
 
 
-def test_a_repeated_configuration_does_not_count_twice_and_a_running_one_counts() -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    enqueue_and_run(study, "lora", 0.86)
-    enqueue_and_run(study, "lora", 0.86)  # the same parameters again
-    enqueue_and_run(study, "full", 0.9)
-    assert search.forced_method(study.get_trials(), CHOICES, FLOORS) == "lora"
-    study.enqueue_trial({"method": "qlora", "x": 1.0})
-    running = study.ask()
-    running.suggest_categorical("method", CHOICES)
-    running.suggest_float("x", -10, 10)
-    enqueue_and_run(study, "qlora", 0.7)
-    # lora, qlora (done) + qlora (running, other parameters): the floor of 3 is covered while it runs.
-    assert search.forced_method(study.get_trials(), CHOICES, FLOORS) is None
-    # The trial being proposed is not counted as running.
-    assert search.forced_method(study.get_trials(), CHOICES, FLOORS, current=running.number) == "lora"
-
-
-def test_the_full_floor_is_filled_once_adapters_are() -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for value in (0.5, 0.6, 0.7):
-        enqueue_and_run(study, "qlora", value)
-    assert search.forced_method(study.get_trials(), CHOICES, FLOORS) == "full"
-    # Before any adapter has completed, the first adapter method of the space is taken.
-    assert search.forced_method([], CHOICES, FLOORS) == "lora"
-
-
-def test_the_sampler_decides_the_method_and_tpe_the_rest() -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = search.sampler(first_points=3, floors=FLOORS, seed=0)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    space = load_space("default")
-
-    def run(value: float) -> dict[str, Any]:
-        trial = study.ask()
-        config = space.define_by_run(trial)
-        study.tell(trial, value)
-        return config
-
-    for point in search.first_points(space):
-        study.enqueue_trial(point)
-    first = [run(v) for v in (0.86, 0.80, 0.99)]  # full fine-tuning leads by far
-    assert [c["method"] for c in first] == ["lora", "qlora", "full"]
-    forced = run(0.5)
-    assert forced["method"] == "lora" and forced["rank"] in (4, 8, 16, 32, 64)
-    free = [run(0.5)["method"] for _ in range(8)]
-    assert "full" in free  # the floor is met: TPE follows the leader again
-
-    plain = optuna.create_study(direction="maximize", sampler=search.sampler(3, {}, seed=0))
-    assert isinstance(plain.sampler, optuna.samplers.TPESampler)
-
-
-def ray_trial(trial_id: str, method: str, status: str = Trial.RUNNING, phase: str = "train",
-              lr: float = 1e-4) -> SimpleNamespace:  # fmt: skip
-    config = {"method": method, "learning_rate": lr, "rank": None if method == "full" else 8}
-    return SimpleNamespace(trial_id=trial_id, config=config, status=status, last_result={"phase": phase})
-
-
-def test_the_pruning_rule_keeps_only_what_a_floor_needs() -> None:
-    done_lora = ray_trial("a", "lora", Trial.TERMINATED, "final")
-    done_qlora = ray_trial("b", "qlora", Trial.TERMINATED, "final", lr=2e-4)
-    stopped = ray_trial("c", "lora", Trial.TERMINATED, "train", lr=3e-4)  # pruned: not evidence
-    running = ray_trial("d", "lora", lr=5e-4)
-    trials = [done_lora, done_qlora, stopped, running]
-    assert pruning.keeps(running, trials, FLOORS)  # 2 completed + itself = 3 <= 3
-    extra = ray_trial("e", "qlora", lr=6e-4)
-    assert not pruning.keeps(extra, [*trials, extra], FLOORS)  # 2 + 2 running = 4 > 3: may go
-    full = ray_trial("f", "full", lr=1e-5)
-    assert pruning.keeps(full, [*trials, full], FLOORS)
-    assert not pruning.keeps(full, [*trials, full, ray_trial("g", "full", Trial.TERMINATED, "final")], FLOORS)
-    again = ray_trial("h", "lora")  # the parameters of a completed trial: adds nothing
-    assert not pruning.keeps(again, [*trials, again], FLOORS)
-    assert not pruning.keeps(running, trials, {})
-
-
-def test_the_scheduler_overrides_ashas_stop_for_a_needed_trial_only() -> None:
-    asha = ASHAScheduler(time_attr="training_iteration", metric="val_quality", mode="max", max_t=4,
-                         grace_period=1, reduction_factor=3)  # fmt: skip
-    scheduler = pruning.FloorScheduler(asha, {"adapter": 2}, announce=False)
-    trials: list[Any] = []
-    controller = SimpleNamespace(get_trials=lambda: trials)
-
-    def play(trial: SimpleNamespace, val: float) -> str:
-        trials.append(trial)
-        scheduler.on_trial_add(controller, trial)
-        decision = scheduler.on_trial_result(controller, trial, {"training_iteration": 1, "val_quality": val})
-        if decision == TrialScheduler.STOP:
-            trial.status = Trial.TERMINATED
-        else:
-            final = {"training_iteration": 3, "val_quality": val, "phase": "final"}
-            scheduler.on_trial_complete(controller, trial, final)
-            trial.status, trial.last_result = Trial.TERMINATED, final
-        return str(decision)
-
-    assert play(ray_trial("full", "full"), 0.9) == TrialScheduler.CONTINUE
-    assert play(ray_trial("l1", "lora", lr=1e-4), 0.2) == TrialScheduler.CONTINUE  # ASHA said stop: kept
-    assert play(ray_trial("l2", "lora", lr=2e-4), 0.1) == TrialScheduler.CONTINUE  # kept: the 2nd adapter
-    assert play(ray_trial("l3", "lora", lr=3e-4), 0.05) == TrialScheduler.STOP  # floor met: ASHA decides
-    assert scheduler.kept == ["l1", "l2"]
-
-
-def test_a_stopped_trial_is_told_pruned_and_a_failed_one_failed() -> None:
+def test_a_stopped_trial_is_told_pruned_a_failed_one_failed_and_a_diverged_one_failed_and_marked() -> None:
     space = load_space("smoke")
     optuna_search = OptunaSearch(space=space.define_by_run, metric="val_quality", mode="max",
-                                 sampler=search.sampler(3, FLOORS, seed=0))  # fmt: skip
-    searcher = search.TellPruned(optuna_search)
-    for trial_id in ("done", "stopped", "failed"):
+                                 sampler=search.tpe_sampler(1, seed=0))  # fmt: skip
+    searcher = search.GuidedSearch(optuna_search)  # no priors: TPE alone, the telling still corrected
+    ids = ("done", "stopped", "failed", "diverged", "crashed")
+    for trial_id in ids:
         assert isinstance(searcher.suggest(trial_id), dict)
-        searcher.on_trial_result(trial_id, {"training_iteration": 1, "val_quality": 0.4})
-    searcher.on_trial_complete("done", {"training_iteration": 3, "val_quality": 0.6, "phase": "final"})
+        searcher.on_trial_result(trial_id, {"training_iteration": 1, "val_quality": 0.4, "phase": "train"})
+    searcher.on_trial_complete("done", final(0.6))
     searcher.on_trial_complete("stopped", {"training_iteration": 2, "val_quality": 0.3, "phase": "train"})
-    searcher.on_trial_complete("failed", {"val_quality": math.nan, "phase": "failed"}, error=True)
-    states = [t.state for t in optuna_search._ot_study.get_trials()]  # the study the sampler reads
-    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                      optuna.trial.TrialState.FAIL]  # fmt: skip
-    stopped = optuna_search._ot_study.get_trials()[1]
-    assert stopped.intermediate_values == {1: 0.4, 2: 0.3}  # its last score, as ASHA saw it
+    # A trial that raised: Tune reports its error (error=True) after the failure report.
+    searcher.on_trial_complete("failed", failed("OutOfMemoryError: CUDA out of memory"), error=True)
+    # A diverged trial reports its failure and returns (sweeps/trainable.py): Tune completes it without error.
+    searcher.on_trial_complete("diverged", failed("Diverged: training loss 27.1 over steps to 4"))
+    searcher.on_trial_complete("crashed", None, error=True)  # no result at all
+    trials = optuna_search._ot_study.get_trials()  # the study the sampler and the ladder read
+    assert [t.state for t in trials] == [State.COMPLETE, State.PRUNED, State.FAIL, State.FAIL, State.FAIL]
+    assert trials[0].value == 0.6
+    assert trials[1].intermediate_values == {1: 0.4, 2: 0.3}  # its last score, as ASHA saw it
+    assert [t.user_attrs.get(ladder.DIVERGED) for t in trials] == [None, None, None, True, None]
+    # A failure whose error merely mentions divergence is not one.
+    again = search.GuidedSearch(OptunaSearch(space=space.define_by_run, metric="val_quality", mode="max"))
+    again.suggest("x")
+    again.on_trial_complete("x", failed("RuntimeError: Diverged is not the cause"))
+    assert again.searcher._ot_study.get_trials()[0].user_attrs == {}
 
 
-def test_config_key_min_adapter_configs_is_validated() -> None:
-    assert sweep_config.build({}, "x.yaml").min_adapter_configs == 3
-    assert sweep_config.build({"min_adapter_configs": 0}, "x.yaml").min_adapter_configs == 0
-    for bad in (-1, 2.5, True, "3"):
+def test_the_trainables_report_of_a_divergence_is_what_the_searcher_reads_as_one() -> None:
+    from sweeps.trainable import failure_result
+    from trainers.train import Diverged
+
+    attempt = {"prior_seconds": 0.0, "prior_step": -1, "last": {}, "settings": {}}
+    result = {
+        **failure_result(Diverged("training loss 27.1 over steps to 4"), attempt, 1.0),
+        "training_iteration": 1,
+    }
+    assert result["phase"] == "failed" and result["error"].startswith("Diverged")
+    searcher = search.GuidedSearch(OptunaSearch(space=load_space("smoke").define_by_run, metric="val_quality",
+                                                mode="max"))  # fmt: skip
+    searcher.suggest("x")
+    searcher.on_trial_complete("x", result)
+    [trial] = searcher.searcher._ot_study.get_trials()
+    assert trial.state == State.FAIL and trial.user_attrs == {ladder.DIVERGED: True}
+
+
+def test_a_diverged_trial_reaches_the_ladder_as_the_worst_rung() -> None:
+    space = load_space("default")
+    searcher = search.searcher(space, PRIORS, seed=0)
+    assert searcher.suggest("default")["learning_rate"] == 2e-4  # the production default, first
+    searcher.on_trial_result("default", {"training_iteration": 1, "val_quality": 0.5, "phase": "train"})
+    searcher.on_trial_complete("default", final(0.6, at=2))
+    prior = searcher.suggest("prior")
+    assert (prior["method"], prior["rank"], prior["learning_rate"]) == (
+        "lora",
+        16,
+        1.98e-3,
+    )  # the adapter prior
+    searcher.on_trial_result("prior", failed("Diverged: training loss 17.5"))  # Tune passes the report on
+    searcher.on_trial_complete("prior", failed("Diverged: training loss 17.5"))
+    evidence = ladder.tried(searcher.searcher._ot_study.get_trials(), space)
+    assert [(t.rate, t.diverged) for t in evidence] == [(2e-4, False), (1.98e-3, True)]
+    found = ladder.brackets(searcher.searcher._ot_study.get_trials(), space, PRIORS)["adapter"]
+    assert found.rates == {"0.0002": 0.5, "0.00198": -math.inf} and found.best_rate == 2e-4
+
+
+def test_a_trial_that_crashed_without_diverging_closes_no_bracket_side() -> None:
+    space = load_space("default")
+    searcher = search.searcher(space, PRIORS, seed=0)
+    for trial_id, score in (("default", 0.5), ("adapter prior", 0.55), ("full prior", 0.7), ("middle", 0.6)):
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, {"training_iteration": 1, "val_quality": score, "phase": "train"})
+        searcher.on_trial_complete(trial_id, final(score, at=2))
+    assert searcher.suggest("crash")["learning_rate"] == 4.41e-5  # full's rung below its prior
+    crash = failed("OutOfMemoryError: CUDA out of memory")
+    searcher.on_trial_result("crash", crash)  # Tune passes the failure report on, then the error
+    searcher.on_trial_complete("crash", crash, error=True)
+    trials = searcher.searcher._ot_study.get_trials()
+    assert trials[-1].state == State.FAIL and ladder.DIVERGED not in trials[-1].user_attrs
+    found = ladder.brackets(trials, space, PRIORS)["full"]
+    assert found.rates == {"0.000132": 0.7}  # the crash is no evidence about the rate
+    assert not found.bracketed
+
+
+def test_the_guided_search_proposes_the_ladder_and_survives_a_save_and_restore(tmp_path: Path) -> None:
+    """Tune saves the wrapped OptunaSearch (its study and sampler) and restores it on resume: the ladder
+    reads that study, so a restored search continues the plan instead of starting over."""
+    space = load_space("default")
+    first = search.searcher(space, PRIORS, seed=0)
+    configs = []
+    for trial_id, score in (("a", 0.5), ("b", 0.55), ("c", 0.7)):
+        config = first.suggest(trial_id)
+        assert isinstance(config, dict)
+        configs.append((config["method"], config["learning_rate"]))
+        first.on_trial_result(trial_id, {"training_iteration": 1, "val_quality": score, "phase": "train"})
+        first.on_trial_complete(trial_id, final(score))
+    assert configs == [("lora", 2e-4), ("lora", 1.98e-3), ("full", 1.32e-4)]  # default, then each prior
+    first.save(str(tmp_path / "searcher.pkl"))
+    again = pickle.loads(pickle.dumps(search.searcher(space, PRIORS)))  # as Tuner.restore unpickles it
+    again.restore(str(tmp_path / "searcher.pkl"))
+    config = again.suggest("d")
+    # 2e-4 and 1.98e-3 are 10x apart, the latter better: the rung between, on the default's family.
+    assert config is not None and (config["method"], config["rank"], config["target_modules"]) == (
+        "lora", 16, "attention")  # fmt: skip
+    assert config["learning_rate"] == 6.61e-4
+    assert len(again.searcher._ot_study.get_trials()) == 4
+    # The same suggestion id twice does not enqueue a second trial.
+    assert search.searcher(space, None).suggest("x")["learning_rate"] == 2e-4  # no priors: default, then TPE
+
+
+def test_the_sweeps_first_points_and_tpe_start_up() -> None:
+    space = load_space("default")
+    assert search.first_points(space) == space.points_to_evaluate() and len(search.first_points(space)) == 1
+    smoke = [ladder.config_of(p, load_space("smoke")) for p in search.first_points(load_space("smoke"))]
+    assert [(c["method"], c["learning_rate"]) for c in smoke] == [
+        ("lora", 2e-4),
+        ("qlora", 2e-4),
+        ("full", 1e-4),
+    ]
+    assert search.tpe_sampler(1)._n_startup_trials == search.MIN_STARTUP_TRIALS
+    assert search.tpe_sampler(5)._n_startup_trials == 5
+
+
+# --- the leader rule around ASHA ----------------------------------------------------------------------
+
+
+def ray_trial(trial_id: str, method: str, lr: float = 1e-4, rank: int = 8,
+              targets: str = "attention") -> SimpleNamespace:  # fmt: skip
+    if method == "full":
+        config: dict[str, Any] = {"method": "full", "learning_rate": lr, "rank": None, "target_modules": None,
+                                  "lora_dropout": None}  # fmt: skip
+    else:
+        config = {"method": method, "learning_rate": lr, "rank": rank, "target_modules": targets,
+                  "lora_dropout": 0.05}  # fmt: skip
+    return SimpleNamespace(trial_id=trial_id, config=config, status=Trial.RUNNING, last_result={})
+
+
+class Played:
+    """Trials played one report at a time past a scheduler, as bench/replay.py does."""
+
+    def __init__(self, scheduler: TrialScheduler) -> None:
+        self.scheduler = scheduler
+        self.trials: list[Any] = []
+        self.controller = SimpleNamespace(get_trials=lambda: self.trials)
+
+    def add(self, trial: SimpleNamespace) -> SimpleNamespace:
+        self.trials.append(trial)
+        self.scheduler.on_trial_add(self.controller, trial)
+        return trial
+
+    def report(self, trial: SimpleNamespace, at: int, val: float, phase: str = "train") -> str:
+        result = {"training_iteration": at, "val_quality": val, "phase": phase}
+        decision = self.scheduler.on_trial_result(self.controller, trial, result)
+        trial.last_result = result
+        if decision == TrialScheduler.STOP:
+            self.scheduler.on_trial_complete(self.controller, trial, result)
+            trial.status = Trial.TERMINATED
+        return str(decision)
+
+
+def asha(**kwargs: Any) -> ASHAScheduler:
+    return ASHAScheduler(time_attr="training_iteration", metric="val_quality", mode="max", max_t=4,
+                         grace_period=1, reduction_factor=3, **kwargs)  # fmt: skip
+
+
+@pytest.mark.parametrize("leaders", [True, False])
+def test_the_leader_of_each_group_is_kept_where_asha_would_stop_it(leaders: bool) -> None:
+    base = asha()
+    play = Played(pruning.LeaderScheduler(base, announce=False) if leaders else base)
+    assert play.report(play.add(ray_trial("f1", "full")), 1, 0.9) == TrialScheduler.CONTINUE  # the first
+    # ASHA's cutoff is now 0.9: the first adapter (the group's leader) would be stopped.
+    a1 = play.add(ray_trial("a1", "lora", 2e-4))
+    assert play.report(a1, 1, 0.2) == (TrialScheduler.CONTINUE if leaders else TrialScheduler.STOP)
+    # Below the adapters' leader: ASHA decides.
+    assert play.report(play.add(ray_trial("a2", "qlora", 6e-4)), 1, 0.1) == TrialScheduler.STOP
+    # A full trial below full's leader: ASHA decides too, whatever the adapters scored.
+    assert play.report(play.add(ray_trial("f2", "full", 4e-5)), 1, 0.3) == TrialScheduler.STOP
+    # A new adapter leader (qlora and lora are one group) is kept again; a tie does not lead (the earlier
+    # trial does).
+    a3 = play.add(ray_trial("a3", "qlora", 7e-5))
+    assert play.report(a3, 1, 0.25) == (TrialScheduler.CONTINUE if leaders else TrialScheduler.STOP)
+    a4 = play.add(ray_trial("a4", "lora", 7e-5))
+    assert play.report(a4, 1, 0.25) == TrialScheduler.STOP
+    if leaders:
+        assert play.scheduler.kept == ["a1", "a3"]
+        assert "group leaders kept 2" in play.scheduler.debug_string()
+
+
+def test_a_capacity_increase_over_the_leader_at_its_rate_is_kept_too() -> None:
+    play = Played(pruning.LeaderScheduler(asha(), announce=False))
+    play.report(play.add(ray_trial("f1", "full")), 1, 0.9)
+    play.report(play.add(ray_trial("a1", "qlora", 6.6e-4, rank=16)), 1, 0.3)  # the adapters' leader, kept
+    # Broader targets at the leader's rate learn slower at first: behind the leader, kept for the decision.
+    broader = play.add(ray_trial("wide", "qlora", 6.6e-4, rank=16, targets="all-linear"))
+    assert play.report(broader, 1, 0.1) == TrialScheduler.CONTINUE
+    higher = play.add(ray_trial("r32", "qlora", 6.2e-4, rank=32))  # a higher rank at the same rung
+    assert play.report(higher, 1, 0.1) == TrialScheduler.CONTINUE
+    # Not capacity over the leader: another rate, a lower rank, another method, another dropout.
+    for other in (ray_trial("rate", "qlora", 2e-4, rank=32), ray_trial("low", "qlora", 6.6e-4, rank=8),
+                  ray_trial("lora", "lora", 6.6e-4, rank=32)):  # fmt: skip
+        assert play.report(play.add(other), 1, 0.05) == TrialScheduler.STOP, other.trial_id
+    dropout = ray_trial("drop", "qlora", 6.6e-4, rank=32)
+    dropout.config["lora_dropout"] = 0.1
+    assert play.report(play.add(dropout), 1, 0.05) == TrialScheduler.STOP
+    assert play.scheduler.kept == ["a1", "wide", "r32"]
+
+
+def test_a_trial_is_judged_against_its_group_at_the_same_report() -> None:
+    play = Played(pruning.LeaderScheduler(asha(), announce=False))
+    scheduler = play.scheduler
+    play.report(play.add(ray_trial("f1", "full")), 1, 0.9)
+    a1 = play.add(ray_trial("a1", "lora"))
+    play.report(a1, 1, 0.2)
+    # NaN (a failed trial's report) and the final report are not scores to lead with.
+    a2 = play.add(ray_trial("a2", "lora", 3e-4))
+    play.report(a2, 1, math.nan)
+    play.report(a2, 2, 0.9, phase="final")
+    assert scheduler.scores == {"f1": ("full", {1: 0.9}), "a1": ("adapter", {1: 0.2})}
+    assert scheduler.leader("adapter", 1) == "a1" and scheduler.leader("full", 1) == "f1"
+    assert scheduler.leader("adapter", 2) is None  # nobody of the group reached report 2 yet
+    # At report 2 the adapters' first arrival leads, whatever full fine-tuning scored there.
+    play.report(a1, 2, 0.3)
+    assert scheduler.leader("adapter", 2) == "a1"
+
+
+def test_the_sweep_builds_asha_with_or_without_the_leader_rule() -> None:
+    wrapped = pruning.scheduler(60, 20, 1, 3, rate_first=True)
+    assert isinstance(wrapped, pruning.LeaderScheduler) and isinstance(wrapped.base, ASHAScheduler)
+    assert wrapped.base._max_t == 5  # 3 validation reports, the final one, and one past
+    assert min(milestone for milestone, _ in wrapped.base._brackets[0]._rungs) == 1  # the grace period
+    plain = pruning.scheduler(60, 20, 1, 3, rate_first=False)
+    assert isinstance(plain, ASHAScheduler)
+    again = pickle.loads(pickle.dumps(wrapped))  # Tune saves the scheduler with the experiment
+    assert isinstance(again, pruning.LeaderScheduler) and again.kept == []
+
+
+# --- the sweep config and the note --------------------------------------------------------------------
+
+
+def test_rate_first_defaults_on_and_takes_only_a_bool() -> None:
+    assert sweep_config.build({}, "x.yaml").rate_first is True
+    assert sweep_config.build({"rate_first": False}, "x.yaml").rate_first is False
+    assert sweep_config.load("default").rate_first is True
+    for bad in ("false", 0, 1, None):
         with pytest.raises(ConfigError) as err:
-            sweep_config.build({"min_adapter_configs": bad}, "x.yaml")
-        assert any("min_adapter_configs" in p and repr(bad) in p and ">= 0" in p for p in err.value.problems)
+            sweep_config.build({"rate_first": bad}, "x.yaml")
+        assert any(p.startswith("x.yaml: rate_first:") and repr(bad) in p for p in err.value.problems), bad
 
 
-def test_the_default_sweep_asks_for_the_floor_it_can_hold() -> None:
+@pytest.mark.parametrize("value", [3, 0])
+def test_min_adapter_configs_is_refused_naming_its_replacement(value: int) -> None:
+    with pytest.raises(ConfigError) as err:
+        sweep_config.build({"min_adapter_configs": value}, "x.yaml")
+    [problem] = err.value.problems
+    assert problem.startswith("x.yaml: min_adapter_configs:")
+    assert "learning-rate brackets" in problem and "rate_first" in problem and "unknown key" not in problem
+    # Other unknown keys are still named as unknown.
+    with pytest.raises(ConfigError) as err:
+        sweep_config.build({"min_adapter_config": 3}, "x.yaml")
+    assert "unknown key" in err.value.problems[0]
+
+
+def test_the_evidence_note_says_when_max_trials_cannot_hold_the_evidence() -> None:
+    space = load_space("default")
+    need = ladder.evidence_trials(space)
+    assert need == 8
+    short = search.evidence_note(space, need - 1, rate_first=True)
+    assert short is not None and f"about {need} trials" in short
+    assert f"max_trials {need - 1} cannot hold them" in short and f"raise TRIALS to {need}" in short
+    enough = search.evidence_note(space, need, rate_first=True)
+    assert enough is not None and f"about {need} trials" in enough and "cannot hold" not in enough
+    assert search.evidence_note(space, 3, rate_first=False) is None
     cfg = sweep_config.load("default")
-    floors = search.method_floors(load_space(cfg.space).method_names, cfg.min_adapter_configs)
-    assert cfg.min_adapter_configs == 3 and floors == {"adapter": 3, "full": 1}
-    assert cfg.max_trials >= sum(floors.values())
-    note = search.floor_note(floors, 3)
-    assert note is not None and "max_trials 3 is below the 4 trials" in note
+    assert cfg.max_trials >= ladder.evidence_trials(load_space(cfg.space))  # the default sweep holds it
+
+
+def test_the_evidence_note_says_when_the_budget_cannot_buy_the_evidence() -> None:
+    space = load_space("default")
+    # 8 trials: 3 of full fine-tuning ($2 each) and 5 adapter trials ($1 each) project $11.
+    poor = search.evidence_note(
+        space, 8, rate_first=True, budget_usd=5.0, estimates={"lora": 1.0, "full": 2.0}
+    )
+    assert poor is not None and "$5 buys less than their projected $11" in poor and "cannot hold" not in poor
+    rich = search.evidence_note(
+        space, 8, rate_first=True, budget_usd=20.0, estimates={"lora": 1.0, "full": 2.0}
+    )
+    assert rich is not None and "buys less" not in rich
+
+
+def test_the_note_is_silent_on_a_space_of_one_group(tmp_path: Path) -> None:
+    path = tmp_path / "lora.yaml"
+    path.write_text("""
+methods:
+  lora:
+    rank: {type: categorical, choices: [8, 16]}
+    alpha: {type: fixed, value: 32}
+    target_modules: {type: fixed, value: attention}
+    lora_dropout: {type: fixed, value: 0.0}
+    learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
+""")
+    space = load_space(str(path))
+    assert search.evidence_note(space, 1, rate_first=True) is None
+    assert ladder.evidence_trials(space) == 4  # 3 rungs and a capacity increase, no default
+
+
+# --- a real Tune run ----------------------------------------------------------------------------------
 
 
 def scripted(config: dict[str, Any]) -> None:
-    """A trial whose validation curve is set by its method: full fine-tuning learns, each new adapter trial
-    scores below the earlier ones (so ASHA, left alone, stops adapters at the first rung)."""
+    """A trial whose validation curve is set by its method and rate: full fine-tuning learns; LoRA peaks at
+    1e-3 (the top of the smoke space's range) but below full fine-tuning, so when its best rung arrives
+    ASHA's cutoff already lies past it; QLoRA barely learns."""
     lr = float(config["learning_rate"])
-    base = 0.9 if config["method"] == "full" else 0.5 - 40 * lr
+    if config["method"] == "full":
+        base = 0.9 - 0.1 * abs(math.log(lr / 1e-4, 3))
+    elif config["method"] == "lora":
+        base = 0.4 - 0.14 * abs(math.log(lr / 1e-3, 3))
+    else:
+        base = 0.1
     for i in range(1, 3):
-        tune.report({"val_quality": base * i / 2, "step": i})
+        tune.report({"val_quality": base * i / 2, "step": i, "phase": "train"})
     tune.report({"val_quality": base, "phase": "final", "test_quality": base})
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("minimum", [3, 0])
-def test_a_real_tune_run_ends_with_three_completed_adapters_where_asha_would_prune_them(
-    ray_session: Any, tmp_path: Any, minimum: int
+@pytest.mark.parametrize("leaders", [True, False])
+def test_a_real_tune_run_finishes_the_adapters_best_rung_where_asha_would_stop_it(
+    ray_session: Any, tmp_path: Path, leaders: bool
 ) -> None:
-    space = load_space("smoke")
-    floors = search.method_floors(space.method_names, minimum)
+    space = load_space("smoke")  # adapters 1e-5..1e-3 (the 1.98e-3 prior clamps to 1e-3), full 1e-6..1e-4
+    base = pruning.asha(steps=4, eval_every=2, grace_period=1, reduction_factor=4)
     tuner = tune.Tuner(
         scripted,
         tune_config=tune.TuneConfig(
             metric="val_quality", mode="max", num_samples=6,
-            search_alg=ConcurrencyLimiter(search.searcher(space, minimum), max_concurrent=1),
-            scheduler=pruning.scheduler(steps=4, eval_every=2, grace_period=1, reduction_factor=4, floors=floors),
+            search_alg=ConcurrencyLimiter(search.searcher(space, PRIORS, seed=0), max_concurrent=1),
+            scheduler=pruning.LeaderScheduler(base) if leaders else base,
         ),
-        run_config=tune.RunConfig(storage_path=str(tmp_path), name=f"floors{minimum}", verbose=0),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name=f"leaders{leaders}", verbose=0),
     )  # fmt: skip
-    results = tuner.fit()
-    finished = [r for r in results if (r.metrics or {}).get("phase") == "final"]
-    adapters = [r for r in finished if r.config["method"] in ("lora", "qlora")]
-    if minimum:
-        assert len(adapters) >= 3
-        assert any(r.config["method"] == "full" for r in finished)
-    else:  # the control: the same run without floors, where ASHA does stop adapter trials
-        assert len(adapters) < 3
+    # In the order Tune created them: its trial folders are named <trainable>_<trial id>_<index>_<params>.
+    results = sorted(tuner.fit(), key=lambda r: int(Path(r.path).name.split("_")[2]))
+    order = [(r.config["method"], r.config["learning_rate"]) for r in results]
+    # The smoke space's first points (the default, QLoRA, full at 1e-4, which is also full's clamped prior),
+    # the adapters' prior, the rung between it and the default, then full's rung below its prior.
+    assert order == [("lora", 2e-4), ("qlora", 2e-4), ("full", 1e-4), ("lora", 1e-3), ("lora", 3.33e-4),
+                     ("full", 3.33e-5)], order  # fmt: skip
+    finished = [o for o, r in zip(order, results, strict=True) if r.metrics["phase"] == "final"]
+    # ASHA stops LoRA at 1e-3 at the first rung (below the cutoff full fine-tuning raised); it leads the
+    # adapters there, so the leader rule keeps it to the end. The poor rungs are stopped either way.
+    if leaders:
+        assert finished == [("lora", 2e-4), ("full", 1e-4), ("lora", 1e-3), ("full", 3.33e-5)]
+    else:
+        assert finished == [("lora", 2e-4), ("full", 1e-4), ("full", 3.33e-5)]
 
 
 @pytest.fixture(scope="module")
@@ -243,25 +408,3 @@ def ray_session() -> Any:
     ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
-
-
-def test_the_counts_survive_a_save_and_restore_of_the_searcher(tmp_path: Path) -> None:
-    """Tune saves the base searcher (OptunaSearch pickles its study and sampler) and restores it on resume:
-    the floor counts live in that study, so the restored sampler proposes as the first would have."""
-    import pickle
-
-    space = load_space("default")
-    first = search.searcher(space, 3)
-    for trial_id, score in (("a", 0.86), ("b", 0.80), ("c", 0.93)):
-        assert isinstance(first.suggest(trial_id), dict)
-        first.on_trial_complete(trial_id, {"training_iteration": 3, "val_quality": score, "phase": "final"})
-    first.save(str(tmp_path / "searcher.pkl"))
-    again = pickle.loads(pickle.dumps(search.searcher(space, 3)))  # as Tuner.restore unpickles it
-    again.restore(str(tmp_path / "searcher.pkl"))
-    config = again.suggest("d")
-    # The first points are spent (a fresh searcher would propose the production default now), 2 adapters
-    # are done: the 3rd proposal is forced to LoRA, its settings TPE's.
-    assert config is not None and config["method"] == "lora" and config["learning_rate"] != 2e-4
-    assert len(again.searcher._ot_study.get_trials()) == 4
-    scheduler = pickle.loads(pickle.dumps(pruning.scheduler(60, 40, 1, 3, {"adapter": 3, "full": 1})))
-    assert isinstance(scheduler, pruning.FloorScheduler) and scheduler.floors == {"adapter": 3, "full": 1}
