@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from s3_server import S3Server
-from test_sweep_e2e import children, runs_of, smoke_config, sweep_env
+from test_sweep_e2e import children, kill_node, runs_of, smoke_config, sweep_env
 
 from tracking import names
 
@@ -54,24 +54,6 @@ def start(tmp_path: Path, s3: S3Server, cfg: Path, fault: str | None = None) -> 
     env = {**env_of(tmp_path, s3), **({"SWEEPBOARD_FAULT": fault} if fault else {})}
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-
-
-def kill_node(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL the driver and every process of its session: Ray's workers run in process groups of their
-    own (so a kill of the driver's group alone leaves them training for a moment), not sessions of their
-    own; this is a node that died, not a driver alone."""
-    session = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _sid(int(pid)) == proc.pid]
-    for pid in {proc.pid, *session}:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _sid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except (ProcessLookupError, PermissionError):
-        return None
 
 
 def wait_for(ready: Any, proc: subprocess.Popen[str], timeout_s: float = 300) -> Any:

@@ -5,6 +5,7 @@ Each sweep runs in its own process and folder, so Ray and MLflow state never lea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -51,6 +52,25 @@ def sweep_env(tmp_path: Path) -> dict[str, str]:
     )
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def kill_node(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a driver started with start_new_session and every process of its session. Ray's workers run
+    in process groups of their own (so a kill of the driver's group alone leaves a trial training on for a
+    moment, and reporting into the sweep's folder or bucket after the driver is gone), but stay in its
+    session: this is the node dying, the case a kill -9 test is about."""
+    session = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _sid(int(pid)) == proc.pid]
+    for pid in {proc.pid, *session}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 def sweepboard(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -178,8 +198,19 @@ def test_smoke_sweep_logs_one_run_per_trial_and_writes_the_board(tmp_path: Path)
     board = tmp_path / "runs" / "sweeps" / "e2e" / "leaderboard"
     for fmt in ("csv", "json", "md", "html"):
         assert (board / f"leaderboard.{fmt}").stat().st_size > 0
-    rows = json.loads((board / "leaderboard.json").read_text())["rows"]
+    exported = json.loads((board / "leaderboard.json").read_text())
+    rows = exported["rows"]
     assert len(rows) == 5
+    # The decision's evidence as data: each group's learning-rate bracket over the runs it tried, with the
+    # family the ladder held fixed (the smoke default's for adapters) and the scores it compared.
+    brackets = exported["decision"]["brackets"]
+    assert set(brackets) == {"adapter", "full"} and brackets["adapter"] is not None
+    adapter = brackets["adapter"]
+    assert adapter["family"] == {"method": "lora", "rank": 8, "alpha": 16, "target_modules": "attention",
+                                 "lora_dropout": 0.05}  # fmt: skip
+    tried = {float(r) for r in adapter["rates"]}
+    assert 2e-4 in tried and adapter["best_rate"] in tried and isinstance(adapter["bracketed"], bool)
+    assert "adapter_rate_bracketed" in exported["decision"]["escalation_conditions"]
     assert_calibrated(tmp_path, cfg, finished, plans)
 
     # The same name again: refused, nothing overwritten, no new runs.
@@ -247,8 +278,10 @@ def test_killed_driver_one_resume_takes_over_within_a_binding_budget_and_one_spe
                        grace_period=12, trial={"steps": steps, "eval_every": every})  # fmt: skip
     cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "--budget", str(budget), "--config", str(cfg),
            "--price-per-hour", str(price)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=sweep_env(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    # The first driver's trials hold after their first training report (a fault drill the resume does not
+    # set), so the kill lands mid-trial however fast or busy the machine is.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**sweep_env(tmp_path), "SWEEPBOARD_FAULT": f"pause@step={every + 1}"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     root = tmp_path / "runs" / "sweeps" / "crash"
     host = socket.gethostname()
     try:
@@ -262,8 +295,7 @@ def test_killed_driver_one_resume_takes_over_within_a_binding_budget_and_one_spe
         # the trial itself, a moment before).
         wait_until(lambda: any(r.get("phase") == "train" for rs in results_of(root).values() for r in rs), proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-trial
-        proc.wait()
+        kill_node(proc)  # the driver and everything it started, mid-trial
     before = results_of(root)
     interrupted = [t for t, results in before.items() if results]
     assert len(interrupted) == 1, before
