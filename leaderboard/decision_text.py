@@ -55,8 +55,9 @@ def rate_line(found: Bracket) -> str:
         other.append("no rate tried below or above it")
     for side, where in () if alone else ((found.below, "below"), (found.above, "above")):
         if side.edge:
+            # The range's own end, or the last rung of the ~3x ladder inside it (1.98e-3 in a range to 3e-3).
             other.append(f"{rate(found.best_rate)} is at the {'lower' if where == 'below' else 'upper'} edge of "
-                         "the search range")
+                         "the search range (no rung of the ~3x ladder lies beyond it inside the range)")
         elif side.rate is None:
             other.append(f"no rate tried {where} it")
         elif side.closed:

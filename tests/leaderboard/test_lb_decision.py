@@ -145,7 +145,7 @@ def test_a_best_rate_at_the_edge_of_the_range_is_bracketed_on_that_side(frame, m
     decision = decide(ranked, ranges=ranges)
     assert decision.escalate_to_full is True
     assert ("1e-3 scored 0.860 on validation at step 20, above 3e-4 (0.780); 1e-3 is at the upper edge of the "
-            "search range.") in decision.text
+            "search range (no rung of the ~3x ladder lies beyond it inside the range).") in decision.text
     assert decision.rate_ranges["adapter"] == {"low": 1e-5, "high": 1e-3, "choices": None}
 
 

@@ -272,7 +272,8 @@ def test_bracketed_rates_and_capacity_escalate_in_the_sweeps_own_space(store) ->
     assert decision.capacity[0]["gain"] == pytest.approx(0.02) and decision.capacity[0]["step"] == 40
     text = decision.text
     assert ("LoRA's learning rate is bracketed: 1e-3 scored 0.780 on validation at step 20, above 3e-4 (0.700); "
-            "1e-3 is at the upper edge of the search range.") in text
+            "1e-3 is at the upper edge of the search range (no rung of the ~3x ladder lies beyond it inside the "
+            "range).") in text
     assert "all-linear at 1e-3: +0.020 at step 40" in text
     assert "above 1e-5 (0.790) and 1e-4 (diverged)" in text
     # The same runs judged in a wider LoRA range: 1e-3 is no longer the edge, so 3e-3 must be tried first.
