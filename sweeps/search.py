@@ -32,10 +32,7 @@ from search_spaces.rates import group_of
 from sweeps import ladder
 
 METRIC = "val_quality"
-CONFIG_KEYS = ("method", "rank", "alpha", "target_modules", "lora_dropout", "learning_rate")
 MIN_STARTUP_TRIALS = 3  # a few trials before TPE's first model
-
-__all__ = ["group_of"]
 
 
 def first_points(space: Any) -> list[dict[str, Any]]:
@@ -60,11 +57,6 @@ def searcher(space: Any, priors: ladder.Priors | None, seed: int | None = None) 
     optuna_search = OptunaSearch(space=space.define_by_run, metric=METRIC, mode="max",
                                  points_to_evaluate=points, sampler=tpe_sampler(len(points), seed))  # fmt: skip
     return GuidedSearch(optuna_search, space, priors)
-
-
-def config_key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """What makes two trials the same configuration."""
-    return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
 def plan_next(study: optuna.Study, space: Any, priors: ladder.Priors) -> None:
